@@ -1,0 +1,11 @@
+//! meshtunnel: the shared library behind the `ztunnel` binary (and, later, `waypoint` and
+//! `cni-agent`). Modules are grouped by the seam they own; see ARCHITECTURE.md for the data flow.
+
+pub mod config;
+pub mod hbone;
+pub mod identity;
+pub mod inpod;
+pub mod proxy;
+pub mod redirect;
+pub mod state;
+pub mod zds;
