@@ -1,1 +1,141 @@
-//! (module under construction)
+//! The per-pod proxies: 15001 outbound, 15008 HBONE inbound, 15006 plaintext inbound. Each
+//! pod gets its own set, with sockets from that pod's SocketFactory.
+
+mod inbound;
+mod inbound_passthrough;
+mod outbound;
+mod sockets;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hbone::{H2Settings, Pool};
+use crate::identity::{CertSlot, Identity, TlsContext};
+use crate::state::State;
+
+pub use sockets::{connect, new_tcp_socket, original_dst, PlainSocketFactory, SocketFactory};
+
+/// The capture ports, as the in-pod redirect rules name them.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub outbound: u16,
+    pub inbound_plaintext: u16,
+    pub hbone: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            outbound: 15001,
+            inbound_plaintext: 15006,
+            hbone: crate::hbone::HBONE_PORT,
+        }
+    }
+}
+
+impl Ports {
+    fn contains(&self, port: u16) -> bool {
+        port == self.outbound || port == self.inbound_plaintext || port == self.hbone
+    }
+}
+
+/// Stop signals and task accounting for one pod's proxies. Stopping is two-step so a drain
+/// can refuse new connections while existing ones finish.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    pub stop_accept: CancellationToken,
+    pub force_close: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl Lifecycle {
+    /// Stops everything now (pod deleted).
+    pub fn close(&self) {
+        self.stop_accept.cancel();
+        self.force_close.cancel();
+        self.tracker.close();
+    }
+}
+
+/// Everything one pod's proxies need.
+pub struct ProxyInputs {
+    pub uid: String,
+    pub identity: Identity,
+    pub state: Arc<State>,
+    pub tls: TlsContext,
+    pub cert: Arc<CertSlot>,
+    pub factory: Arc<dyn SocketFactory>,
+    pub h2: H2Settings,
+    pub ports: Ports,
+    pub life: Lifecycle,
+}
+
+impl ProxyInputs {
+    /// IPs of this pod per the current config (empty when the workload is not known yet).
+    fn pod_ips(&self) -> Vec<IpAddr> {
+        self.state
+            .current()
+            .workload_by_uid(&self.uid)
+            .map(|w| w.workload_ips.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Binds the pod's three listeners (all or none) and starts serving them.
+pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
+    let bind = |port| {
+        inputs
+            .factory
+            .listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+    };
+    let out = bind(inputs.ports.outbound)?;
+    let hbone = bind(inputs.ports.hbone)?;
+    let plain = bind(inputs.ports.inbound_plaintext)?;
+    let server = inputs.tls.server_config(inputs.cert.clone()).map_err(std::io::Error::other)?;
+    let t = &inputs.life.tracker;
+    t.spawn(accept_loop(inputs.clone(), out, {
+        let (i, p) = (inputs.clone(), pool);
+        move |s, peer| outbound::handle(i.clone(), p.clone(), s, peer)
+    }));
+    t.spawn(accept_loop(inputs.clone(), hbone, {
+        let i = inputs.clone();
+        move |s, peer| inbound::handle(i.clone(), server.clone(), s, peer)
+    }));
+    t.spawn(accept_loop(inputs.clone(), plain, {
+        let i = inputs.clone();
+        move |s, peer| inbound_passthrough::handle(i.clone(), s, peer)
+    }));
+    Ok(())
+}
+
+async fn accept_loop<F, Fut>(inputs: Arc<ProxyInputs>, listener: TcpListener, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let life = &inputs.life;
+    loop {
+        tokio::select! {
+            _ = life.stop_accept.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, peer)) => {
+                    let _ = s.set_nodelay(true);
+                    let stop = life.force_close.clone();
+                    let fut = handle(s, peer);
+                    life.tracker.spawn(async move {
+                        tokio::select! { _ = fut => {}, _ = stop.cancelled() => {} }
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on a hot error.
+                    tracing::warn!(uid = %inputs.uid, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! HBONE client connection pool: HTTP/2 connections keyed by (source identity, destination
+//! identities, destination address), each carrying up to `max_streams` CONNECT streams. A
+//! burst of callers for a key with no free connection causes one dial, not one each.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{Request, Response};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::stream::h2_io;
+use super::H2Settings;
+use crate::identity::Identity;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub src: Identity,
+    /// Sorted, so the same set always maps to the same key.
+    pub dst: Vec<Identity>,
+    pub addr: SocketAddr,
+}
+
+impl PoolKey {
+    pub fn new(src: Identity, mut dst: Vec<Identity>, addr: SocketAddr) -> Self {
+        dst.sort();
+        dst.dedup();
+        PoolKey { src, dst, addr }
+    }
+}
+
+/// Opens the TLS connection for a key (TCP from the right network namespace, then mTLS).
+pub type Dialer =
+    Arc<dyn Fn(PoolKey) -> BoxFuture<'static, std::io::Result<TlsStream<TcpStream>>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dialer: Dialer,
+    settings: H2Settings,
+    keys: Mutex<HashMap<PoolKey, Arc<KeyEntry>>>,
+    dials: AtomicU64,
+}
+
+#[derive(Default)]
+struct KeyEntry {
+    /// Held across a dial so concurrent callers wait for its result instead of dialing too.
+    dial_lock: tokio::sync::Mutex<()>,
+    conns: Mutex<Vec<Arc<Conn>>>,
+}
+
+struct Conn {
+    send: SendRequest<Bytes>,
+    streams: AtomicUsize,
+    closed: AtomicBool,
+    idle_since: Mutex<Instant>,
+}
+
+/// Keeps a pooled connection's stream slot taken while a tunnel is open.
+pub struct StreamGuard {
+    conn: Arc<Conn>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.conn.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *lock(&self.conn.idle_since) = Instant::now();
+        }
+    }
+}
+
+/// An established CONNECT stream: the server's response plus our sending half.
+pub struct Tunnel {
+    pub response: Response<RecvStream>,
+    pub send: SendStream<Bytes>,
+    pub guard: StreamGuard,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pool {
+    pub fn new(dialer: Dialer, settings: H2Settings) -> Pool {
+        let inner = Arc::new(Inner {
+            dialer,
+            settings,
+            keys: Mutex::new(HashMap::new()),
+            dials: AtomicU64::new(0),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(reap_idle(Arc::downgrade(&inner)));
+        }
+        Pool { inner }
+    }
+
+    /// Sends `req` (a CONNECT) on a pooled connection for `key` and waits for the response.
+    pub async fn connect(&self, key: &PoolKey, req: Request<()>) -> std::io::Result<Tunnel> {
+        let entry = {
+            let mut keys = lock(&self.inner.keys);
+            keys.entry(key.clone()).or_default().clone()
+        };
+        let conn = match self.take(&entry) {
+            Some(c) => c,
+            None => {
+                let _dialing = entry.dial_lock.lock().await;
+                match self.take(&entry) {
+                    Some(c) => c,
+                    None => {
+                        let c = self.dial(key).await?;
+                        c.streams.fetch_add(1, Ordering::AcqRel);
+                        lock(&entry.conns).push(c.clone());
+                        c
+                    }
+                }
+            }
+        };
+        let guard = StreamGuard { conn: conn.clone() };
+        let result = async {
+            let mut send = conn.send.clone().ready().await.map_err(h2_io)?;
+            let (resp, stream) = send.send_request(req, false).map_err(h2_io)?;
+            let response = resp.await.map_err(h2_io)?;
+            Ok::<_, std::io::Error>((response, stream))
+        }
+        .await;
+        match result {
+            Ok((response, send)) => Ok(Tunnel {
+                response,
+                send,
+                guard,
+            }),
+            Err(e) => {
+                // Not the request's fault alone: a broken connection must not be handed out again.
+                if conn.send.clone().ready().await.is_err() {
+                    conn.closed.store(true, Ordering::Release);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Number of connections dialed so far (tests and metrics).
+    pub fn dials(&self) -> u64 {
+        self.inner.dials.load(Ordering::Relaxed)
+    }
+
+    /// Open connections across all keys.
+    pub fn open_connections(&self) -> usize {
+        let keys = lock(&self.inner.keys);
+        keys.values()
+            .map(|e| {
+                lock(&e.conns)
+                    .iter()
+                    .filter(|c| !c.closed.load(Ordering::Acquire))
+                    .count()
+            })
+            .sum()
+    }
+
+    fn take(&self, entry: &KeyEntry) -> Option<Arc<Conn>> {
+        let max = self.inner.settings.max_streams as usize;
+        let mut conns = lock(&entry.conns);
+        conns.retain(|c| !c.closed.load(Ordering::Acquire));
+        conns.iter().find_map(|c| {
+            c.streams
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .ok()
+                .map(|_| c.clone())
+        })
+    }
+
+    async fn dial(&self, key: &PoolKey) -> std::io::Result<Arc<Conn>> {
+        self.inner.dials.fetch_add(1, Ordering::Relaxed);
+        let tls = (self.inner.dialer)(key.clone()).await?;
+        let (send, mut connection) = self
+            .inner
+            .settings
+            .client()
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(h2_io)?;
+        let conn = Arc::new(Conn {
+            send,
+            streams: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        let ping = connection.ping_pong();
+        let weak = Arc::downgrade(&conn);
+        let (interval, timeout) = (
+            self.inner.settings.keepalive_interval,
+            self.inner.settings.keepalive_timeout,
+        );
+        let addr = key.addr;
+        tokio::spawn(async move {
+            tokio::select! {
+                r = &mut connection => if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "HBONE connection ended");
+                },
+                _ = keepalive(ping, interval, timeout) => {
+                    tracing::warn!(%addr, "HBONE keepalive timed out, closing connection");
+                }
+            }
+            if let Some(c) = weak.upgrade() {
+                c.closed.store(true, Ordering::Release);
+            }
+        });
+        Ok(conn)
+    }
+}
+
+/// Returns when the peer stops answering pings; a silently dead peer would otherwise keep
+/// callers queued on a connection that will never deliver.
+async fn keepalive(ping: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.is_io() || e.is_go_away() => return,
+            Ok(Err(_)) => return,
+            Err(_) => return,
+        }
+    }
+}
+
+async fn reap_idle(inner: Weak<Inner>) {
+    loop {
+        let period = match inner.upgrade() {
+            Some(i) => (i.settings.idle_timeout / 4).max(Duration::from_millis(50)),
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(i) = inner.upgrade() else { return };
+        let timeout = i.settings.idle_timeout;
+        let mut keys = lock(&i.keys);
+        keys.retain(|_, entry| {
+            let mut conns = lock(&entry.conns);
+            // Dropping the last SendRequest lets h2 send GOAWAY and close the connection.
+            conns.retain(|c| {
+                !c.closed.load(Ordering::Acquire)
+                    && (c.streams.load(Ordering::Acquire) > 0
+                        || lock(&c.idle_since).elapsed() < timeout)
+            });
+            !conns.is_empty() || Arc::strong_count(entry) > 1
+        });
+    }
+}

@@ -1,0 +1,53 @@
+//! The HTTP/2 side of a HBONE listener: drives one connection and hands every request stream
+//! to a handler task.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::H2Settings;
+
+/// Serves HTTP/2 on `io` until the client goes away or `stop` fires; every request runs in
+/// its own task so one slow upstream never holds up the others.
+pub async fn serve_connection<IO, H, F>(
+    io: IO,
+    settings: &H2Settings,
+    stop: CancellationToken,
+    handler: H,
+) -> Result<(), h2::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<RecvStream>, SendResponse<Bytes>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut conn = settings.server().handshake::<_, Bytes>(io).await?;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => { tokio::spawn(handler(req, respond)); }
+                Some(Err(e)) => return if e.is_go_away() || e.is_reset() { Ok(()) } else { Err(e) },
+                None => return Ok(()),
+            },
+            _ = stop.cancelled() => {
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                // Let the GOAWAY flush; the peer sees its streams end.
+                let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Answers a request with a bodiless status (an HBONE refusal).
+pub fn reject(mut respond: SendResponse<Bytes>, status: StatusCode) {
+    let resp = Response::builder()
+        .status(status)
+        .body(())
+        .unwrap_or_else(|_| Response::new(()));
+    let _ = respond.send_response(resp, true);
+}

@@ -1,0 +1,96 @@
+//! Moving bytes between a TCP socket and one HTTP/2 stream, honouring HTTP/2 flow control in
+//! both directions and carrying half-close across (TCP FIN <-> END_STREAM).
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::copy::AdaptiveBuf;
+
+/// Bytes moved in each direction by [`copy_bidirectional`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the TCP peer into the HTTP/2 stream.
+    pub tcp_to_h2: u64,
+    /// From the HTTP/2 stream to the TCP peer.
+    pub h2_to_tcp: u64,
+}
+
+/// Copies until both directions have finished. A direction finishes on EOF (propagated as
+/// END_STREAM or a TCP shutdown); an error in either direction ends both, and dropping the
+/// h2 halves resets the stream so the far side learns of it.
+pub async fn copy_bidirectional<T>(
+    tcp: T,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+) -> std::io::Result<Transferred>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(tcp);
+    let up = tcp_to_h2(&mut rd, send);
+    let down = h2_to_tcp(recv, &mut wr);
+    let (a, b) = tokio::try_join!(up, down)?;
+    Ok(Transferred {
+        tcp_to_h2: a,
+        h2_to_tcp: b,
+    })
+}
+
+async fn tcp_to_h2<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    mut send: SendStream<Bytes>,
+) -> std::io::Result<u64> {
+    let mut buf = AdaptiveBuf::new();
+    let mut total = 0u64;
+    loop {
+        let data = buf.read(rd).await?;
+        if data.is_empty() {
+            send.send_data(Bytes::new(), true).map_err(h2_io)?;
+            return Ok(total);
+        }
+        total += data.len() as u64;
+        let mut data = data.freeze();
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => return Err(h2_io(e)),
+                None => return Err(std::io::Error::other("HTTP/2 stream closed by peer")),
+            };
+            if granted == 0 {
+                continue;
+            }
+            let chunk = data.split_to(granted.min(data.len()));
+            send.send_data(chunk, false).map_err(h2_io)?;
+        }
+    }
+}
+
+async fn h2_to_tcp<W: AsyncWrite + Unpin>(
+    mut recv: RecvStream,
+    wr: &mut W,
+) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(h2_io)?;
+        let n = chunk.len();
+        wr.write_all(&chunk).await?;
+        total += n as u64;
+        // Only after the bytes are handed to the socket: the window is the backpressure.
+        let _ = recv.flow_control().release_capacity(n);
+    }
+    wr.shutdown().await?;
+    Ok(total)
+}
+
+pub(crate) fn h2_io(e: h2::Error) -> std::io::Error {
+    if e.is_io() {
+        e.into_io()
+            .unwrap_or_else(|| std::io::Error::other("HTTP/2 I/O error"))
+    } else {
+        std::io::Error::other(e)
+    }
+}

@@ -1,0 +1,67 @@
+//! Entering a pod's network namespace to create sockets. setns affects only the calling
+//! thread, so we enter, create, and return on the same thread with no await in between; the
+//! socket stays in the pod's namespace for its whole life.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::sched::{setns, CloneFlags};
+
+/// A pod's network namespace, held open by its fd (the path may be gone already).
+pub struct InpodNetns {
+    netns: OwnedFd,
+    host: Arc<OwnedFd>,
+    inode: u64,
+}
+
+impl std::fmt::Debug for InpodNetns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "netns(inode {})", self.inode)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("fd is not a network namespace (it is {0:?})")]
+    NotNetns(String),
+    #[error("inspecting netns fd: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// ztunnel's own namespace, captured at start-up before any thread enters another.
+pub fn host_netns() -> io::Result<OwnedFd> {
+    Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
+}
+
+impl InpodNetns {
+    /// Takes ownership of `netns` after checking it really is a network namespace.
+    pub fn new(host: Arc<OwnedFd>, netns: OwnedFd) -> Result<InpodNetns, NetnsError> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", netns.as_raw_fd()))?;
+        let link = link.to_string_lossy().into_owned();
+        let inode = link
+            .strip_prefix("net:[")
+            .and_then(|s| s.strip_suffix(']'))
+            .and_then(|s| s.parse().ok())
+            .ok_or(NetnsError::NotNetns(link))?;
+        Ok(InpodNetns { netns, host, inode })
+    }
+
+    /// Identifies the namespace: a pod re-added with the same inode is the same pod sandbox.
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Runs `f` with this thread inside the pod's namespace.
+    pub fn run<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        setns(self.netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let out = f();
+        if let Err(e) = setns(self.host.as_fd(), CloneFlags::CLONE_NEWNET) {
+            // A worker thread stranded in a pod namespace would put later sockets of other
+            // pods in the wrong place: that is worse than stopping.
+            tracing::error!(error = %e, "cannot return to the host network namespace");
+            std::process::abort();
+        }
+        out
+    }
+}

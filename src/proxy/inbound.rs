@@ -1,0 +1,83 @@
+//! 15008: HBONE from other ztunnels. Terminate mTLS with this pod's certificate, then serve
+//! each CONNECT by dialing the app from inside the pod, as the original client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Request, Response, StatusCode};
+use tokio::net::TcpStream;
+
+use super::{connect, ProxyInputs};
+use crate::hbone::{self, check_connect, LocalTargets};
+use crate::identity::{peer_identity, Identity};
+
+pub(super) async fn handle(
+    inputs: Arc<ProxyInputs>,
+    server: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let tls = match tokio_rustls::TlsAcceptor::from(server).accept(tcp).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(uid = %inputs.uid, %peer, error = %e, "HBONE TLS handshake failed");
+            return;
+        }
+    };
+    let Some(client) = peer_identity(tls.get_ref().1.peer_certificates()) else {
+        return; // unreachable with our verifier; refuse rather than assume.
+    };
+    let stop = inputs.life.force_close.clone();
+    let h2 = inputs.h2.clone();
+    let result = hbone::serve_connection(tls, &h2, stop, |req, respond| {
+        stream(inputs.clone(), client.clone(), peer, req, respond)
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(uid = %inputs.uid, %peer, error = %e, "HBONE connection error");
+    }
+}
+
+async fn stream(
+    inputs: Arc<ProxyInputs>,
+    client: Identity,
+    peer: SocketAddr,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let snapshot = inputs.state.current();
+    let local = match snapshot.workload_by_uid(&inputs.uid) {
+        Some(w) => LocalTargets::Known(&w.workload_ips),
+        None => LocalTargets::Unknown,
+    };
+    let target = match check_connect(&req, local) {
+        Ok(t) => t,
+        Err(rej) => {
+            tracing::info!(uid = %inputs.uid, %peer, %client, uri = %req.uri(), rejected = %rej, "HBONE request refused");
+            hbone::reject(respond, rej.status);
+            return;
+        }
+    };
+    drop(snapshot);
+    // The outer connection comes from the client pod's own namespace, so its source IP is the
+    // client pod's IP: that is what the app should see.
+    let app = match connect(inputs.factory.as_ref(), target, Some(peer.ip())).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(uid = %inputs.uid, %peer, %target, error = %e, "HBONE upstream connect failed");
+            hbone::reject(respond, StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    match hbone::copy_bidirectional(app, send, req.into_body()).await {
+        Ok(m) => tracing::debug!(uid = %inputs.uid, %client, %target, sent = m.tcp_to_h2, received = m.h2_to_tcp, "inbound closed"),
+        Err(e) => tracing::debug!(uid = %inputs.uid, %client, %target, error = %e, "inbound ended with error"),
+    }
+}

@@ -1,0 +1,96 @@
+//! The SocketFactory seam: every socket a proxy opens comes from a factory, so the same proxy
+//! code serves a pod (sockets made inside its network namespace) and plain host tests.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+pub trait SocketFactory: Send + Sync + 'static {
+    /// A fresh non-blocking TCP socket, in whatever namespace and with whatever mark this
+    /// factory stands for.
+    fn tcp_socket(&self, v6: bool) -> io::Result<Socket>;
+
+    /// A listening socket on `addr` (SO_REUSEPORT, so a restarted ztunnel can bind beside a
+    /// draining one).
+    fn listener(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        let s = self.tcp_socket(addr.is_ipv6())?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            s.set_only_v6(false)?;
+        }
+        s.bind(&SockAddr::from(addr))?;
+        s.listen(1024)?;
+        TcpListener::from_std(std::net::TcpListener::from(s))
+    }
+}
+
+/// Sockets in ztunnel's own namespace, optionally marked (tests, and node-level listeners).
+pub struct PlainSocketFactory {
+    pub mark: Option<u32>,
+}
+
+impl SocketFactory for PlainSocketFactory {
+    fn tcp_socket(&self, v6: bool) -> io::Result<Socket> {
+        new_tcp_socket(v6, self.mark)
+    }
+}
+
+/// A non-blocking, close-on-exec TCP socket, marked when asked.
+pub fn new_tcp_socket(v6: bool, mark: Option<u32>) -> io::Result<Socket> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
+    Ok(s)
+}
+
+/// Connects to `dst`. With `spoof_src`, the socket is transparent and bound to that address,
+/// so the destination app sees the original client as its peer (source preservation).
+pub async fn connect(
+    factory: &dyn SocketFactory,
+    dst: SocketAddr,
+    spoof_src: Option<IpAddr>,
+) -> io::Result<TcpStream> {
+    let s = factory.tcp_socket(dst.is_ipv6())?;
+    s.set_tcp_nodelay(true)?;
+    if let Some(src) = spoof_src.filter(|s| s.is_ipv6() == dst.is_ipv6()) {
+        if dst.is_ipv6() {
+            s.set_ip_transparent_v6(true)?;
+        } else {
+            s.set_ip_transparent_v4(true)?;
+        }
+        s.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    }
+    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
+    sock.connect(dst).await
+}
+
+/// The destination the app originally asked for, before the pod's REDIRECT rule sent the
+/// connection to us; the local address when the connection was not redirected.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = stream.local_addr()?;
+    let fd = stream.as_fd();
+    let found = if local.is_ipv4() {
+        getsockopt(&fd, sockopt::OriginalDst).map(|a| {
+            SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            ))
+        })
+    } else {
+        getsockopt(&fd, sockopt::Ip6tOriginalDst).map(|a| {
+            SocketAddr::from((
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+            ))
+        })
+    };
+    // ENOENT: no nat table / no conntrack entry, i.e. the connection was not redirected.
+    Ok(found.unwrap_or(local))
+}
