@@ -1,2 +1,3 @@
 //! (module under construction)
-mod proto;
+pub mod proto;
+pub mod seqpacket;
