@@ -1,3 +1,4 @@
 //! (module under construction)
 pub mod proto;
+pub mod protocol;
 pub mod seqpacket;
