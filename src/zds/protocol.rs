@@ -40,12 +40,21 @@ impl From<WorkloadInfo> for proto::WorkloadInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Proxy this pod; the single fd that came with the datagram is its netns.
-    Add { uid: String, info: WorkloadInfo },
-    Del { uid: String },
+    Add {
+        uid: String,
+        info: WorkloadInfo,
+    },
+    Del {
+        uid: String,
+    },
     /// Snapshot only: the pod is still there. Needs no handler call, only an Ack.
-    Keep { uid: String },
+    Keep {
+        uid: String,
+    },
     /// The snapshot is over: every uid added or kept during it.
-    SnapshotSent { present: HashSet<String> },
+    SnapshotSent {
+        present: HashSet<String>,
+    },
 }
 
 /// Why a request was rejected, and what that does to the connection.
@@ -109,14 +118,14 @@ impl Protocol {
         };
         let is_add = matches!(payload, Payload::Add(_));
         if !is_add && fds != 0 {
-            return nack(format!("{fds} fd(s) sent with a request that is not AddWorkload"));
+            return nack(format!(
+                "{fds} fd(s) sent with a request that is not AddWorkload"
+            ));
         }
         match payload {
             Payload::Add(add) => {
                 if fds != 1 {
-                    return nack(format!(
-                        "AddWorkload needs exactly one netns fd, got {fds}"
-                    ));
+                    return nack(format!("AddWorkload needs exactly one netns fd, got {fds}"));
                 }
                 let uid = non_empty(add.uid, "AddWorkload")?;
                 if self.phase == Phase::Snapshot {
@@ -315,7 +324,10 @@ mod tests {
         let Event::SnapshotSent { present } = p.on_datagram(&snap(), 0).expect("snap") else {
             panic!("not a snapshot event");
         };
-        assert!(present.is_empty(), "rejected adds must not count as present");
+        assert!(
+            present.is_empty(),
+            "rejected adds must not count as present"
+        );
     }
 
     #[test]
@@ -341,7 +353,10 @@ mod tests {
     fn empty_uids_are_nacked() {
         let mut p = Protocol::new();
         is_nack(p.on_datagram(&add(""), 1), "AddWorkload with an empty uid");
-        is_nack(p.on_datagram(&keep(""), 0), "KeepWorkload with an empty uid");
+        is_nack(
+            p.on_datagram(&keep(""), 0),
+            "KeepWorkload with an empty uid",
+        );
         is_nack(p.on_datagram(&del(""), 0), "DelWorkload with an empty uid");
     }
 }

@@ -29,12 +29,18 @@ fn new_socket() -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Panics outside a tokio runtime (as every tokio I/O type does).
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and unchanged for its lifetime.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
+}
+
 /// One received datagram.
 #[derive(Debug)]
 pub struct Datagram {
-    /// The payload; empty means the peer closed the connection (SEQPACKET cannot tell a
-    /// zero-length message from EOF, and no valid ZDS request encodes to zero bytes... except an
-    /// empty `WorkloadRequest`, which is invalid anyway).
+    /// The payload; empty means the peer closed the connection. SEQPACKET cannot tell a
+    /// zero-length message from EOF, and the only ZDS message that encodes to zero bytes is a
+    /// `WorkloadRequest` without payload, which is invalid anyway.
     pub data: Vec<u8>,
     /// Fds passed with it, already owned so that every path closes them.
     pub fds: Vec<OwnedFd>,
@@ -60,7 +66,7 @@ impl SeqPacket {
     /// Wraps an already connected nonblocking seqpacket socket.
     pub fn from_owned(fd: OwnedFd) -> io::Result<Self> {
         Ok(Self {
-            fd: AsyncFd::with_interest(fd, Interest::READABLE | Interest::WRITABLE)?,
+            fd: register(fd, Interest::READABLE | Interest::WRITABLE)?,
         })
     }
 
@@ -74,13 +80,8 @@ impl SeqPacket {
                 let cmsg = [ControlMessage::ScmRights(&raw)];
                 let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
                 // MSG_NOSIGNAL: a peer that went away must be an EPIPE error, not a SIGPIPE.
-                let n = sendmsg::<()>(
-                    inner.as_raw_fd(),
-                    &iov,
-                    cmsgs,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                )?;
+                let n =
+                    sendmsg::<()>(inner.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
                 if n != data.len() {
                     return Err(io::Error::other(format!(
                         "short seqpacket send: {n} of {} bytes",
@@ -179,7 +180,7 @@ impl SeqPacketListener {
         bind(fd.as_raw_fd(), &addr)?;
         listen(&fd, Backlog::MAXCONN)?;
         Ok(Self {
-            fd: AsyncFd::with_interest(fd, Interest::READABLE)?,
+            fd: register(fd, Interest::READABLE)?,
         })
     }
 
@@ -227,7 +228,9 @@ mod tests {
         let (a, b) = pair();
         let f1 = std::fs::File::open("/proc/self/ns/net").expect("open netns");
         let f2 = std::fs::File::open("/dev/null").expect("open null");
-        a.send(b"abc", &[f1.as_fd(), f2.as_fd()]).await.expect("send");
+        a.send(b"abc", &[f1.as_fd(), f2.as_fd()])
+            .await
+            .expect("send");
         let d = b.recv().await.expect("recv");
         assert_eq!(d.data, b"abc");
         assert_eq!(d.fds.len(), 2);
