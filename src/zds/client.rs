@@ -52,12 +52,16 @@ pub async fn run_client<H: WorkloadHandler>(
         match SeqPacket::connect(&path) {
             Ok(sock) => {
                 info!(path = %path.display(), "connected to the ZDS agent");
-                // The agent was reachable: if this connection drops, retry soon.
-                backoff = INITIAL_BACKOFF;
+                let mut synced = false;
                 let outcome = tokio::select! {
-                    r = serve(&sock, handler.as_ref()) => Some(r),
+                    r = serve(&sock, handler.as_ref(), &mut synced) => Some(r),
                     () = shutdown_requested(&mut shutdown) => None,
                 };
+                // Only a connection that got as far as a full snapshot earns a quick retry: an
+                // agent that accepts and then hangs up at once must not be hammered every 100 ms.
+                if synced {
+                    backoff = INITIAL_BACKOFF;
+                }
                 drop(sock);
                 handler.disconnected();
                 match outcome {
@@ -85,8 +89,12 @@ async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// One connection: returns Ok on a clean close by the agent, Err on anything that needs a
-/// reconnect.
-async fn serve<H: WorkloadHandler>(sock: &SeqPacket, handler: &H) -> anyhow::Result<()> {
+/// reconnect. Sets `synced` once the snapshot is complete.
+async fn serve<H: WorkloadHandler>(
+    sock: &SeqPacket,
+    handler: &H,
+    synced: &mut bool,
+) -> anyhow::Result<()> {
     sock.send(&encode_hello(), &[]).await?;
     let mut proto = Protocol::new();
     loop {
@@ -105,6 +113,7 @@ async fn serve<H: WorkloadHandler>(sock: &SeqPacket, handler: &H) -> anyhow::Res
             Err(e @ ProtocolError::Fatal(_)) => return Err(e.into()),
         };
         drop(fds);
+        *synced = proto.synced();
         if let Err(msg) = &result {
             warn!("nacking ZDS request: {msg}");
         }

@@ -128,6 +128,8 @@ impl Protocol {
                     return nack(format!("AddWorkload needs exactly one netns fd, got {fds}"));
                 }
                 let uid = non_empty(add.uid, "AddWorkload")?;
+                // Present even if the handler then fails the Add: the agent says the pod exists,
+                // and dropping a proxy that may still be serving it would be worse than keeping it.
                 if self.phase == Phase::Snapshot {
                     self.present.insert(uid.clone());
                 }
