@@ -77,10 +77,27 @@ fn netns() -> OwnedFd {
         .into()
 }
 
+/// A brand-new network namespace, like a pod's: made on a throwaway thread (setns/unshare are
+/// per thread), it lives exactly as long as the returned fd, so nothing is left behind.
+fn fresh_netns() -> OwnedFd {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
+        OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").expect("open netns"))
+    })
+    .join()
+    .expect("netns thread")
+}
+
+fn inode(fd: &OwnedFd) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::from(fd.try_clone().expect("dup"));
+    file.metadata().expect("fstat").ino()
+}
+
+/// A regular file: what a confused or hostile agent might pass instead of a netns.
 fn not_netns() -> OwnedFd {
-    std::fs::File::open("/dev/null")
-        .expect("open /dev/null")
-        .into()
+    let exe = std::env::current_exe().expect("current exe");
+    std::fs::File::open(exe).expect("open regular file").into()
 }
 
 fn info(name: &str) -> WorkloadInfo {
@@ -203,11 +220,20 @@ fn snapshot_add_del_and_resnapshot_on_reconnect() {
         assert_eq!(zt.next().await, Ev::Snapshot(set(&["pod-a", "pod-b"])));
         assert_eq!(server.connection_count(), 1);
 
+        // A pod with its own netns: ztunnel must receive that very namespace.
+        let pod_ns = fresh_netns();
+        let pod_ino = inode(&pod_ns);
+        assert_ne!(pod_ino, inode(&netns()), "unshare gave the host netns");
         server
-            .add("pod-c", info("pod-c"), netns())
+            .add("pod-c", info("pod-c"), pod_ns)
             .await
             .expect("add c");
         assert_eq!(zt.next().await, Ev::Add("pod-c".into(), info("pod-c")));
+        let got = zt.handler.pods.lock().expect("lock")["pod-c"]
+            .try_clone()
+            .expect("dup");
+        assert_eq!(inode(&got), pod_ino);
+        drop(got);
         server.del("pod-a").await.expect("del a");
         assert_eq!(zt.next().await, Ev::Del("pod-a".into()));
         assert_eq!(zt.handler.uids(), set(&["pod-b", "pod-c"]));
