@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, checks formatting and lints, builds the
+# binaries the whole-system tests start, and runs every test. Must run as root (network
+# namespaces, iptables/nftables).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: run as root (tests create network namespaces and firewall rules)" >&2
+  exit 1
+fi
+scripts/setup-system.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --bins --locked
+cargo test --workspace --locked
