@@ -1,1 +1,23 @@
-//! (module under construction)
+//! The workload model (workloads, services, authorization policies) and the lookups the proxy
+//! makes on every connection.
+//!
+//! A config generation is an immutable [`ConfigSnapshot`]; [`State`] holds the current one and
+//! swaps it whole, so readers never see a half-applied update. Where the config comes from
+//! (the local file today, istiod's xDS later) is the business of [`crate::config`].
+
+mod policy;
+mod service;
+mod snapshot;
+mod store;
+mod workload;
+
+pub use policy::{
+    Action, Cidr, CidrParseError, Match, Policy, Scope, ServiceAccountMatch, StringMatch,
+};
+pub use service::Service;
+pub use snapshot::{ConfigSnapshot, ResolveError, SnapshotError, Upstream};
+pub use store::State;
+pub use workload::{
+    GatewayAddress, GatewayDestination, HealthStatus, NetworkAddress, NetworkAddressParseError,
+    NetworkMode, Protocol, Workload,
+};
