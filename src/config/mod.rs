@@ -3,5 +3,7 @@
 //! ([`load`], [`parse`], [`spawn_watcher`]).
 
 mod local;
+mod settings;
 
 pub use local::{load, parse, ConfigError};
+pub use settings::{LogFormat, Settings};
