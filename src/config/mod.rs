@@ -4,6 +4,8 @@
 
 mod local;
 mod settings;
+mod watch;
 
 pub use local::{load, parse, ConfigError};
 pub use settings::{LogFormat, Settings};
+pub use watch::spawn_watcher;
