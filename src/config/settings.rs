@@ -218,6 +218,16 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_has_help_and_an_env_var() {
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments().filter(|a| a.get_long().is_some()) {
+            let name = arg.get_id();
+            assert!(arg.get_help().is_some(), "--{name} has no help text");
+            assert!(arg.get_env().is_some(), "--{name} has no env var");
+        }
+    }
+
+    #[test]
     fn defaults() {
         let s = with_env(&[], || parse(&[])).unwrap();
         assert_eq!(s.local_xds_path, None);
