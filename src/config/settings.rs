@@ -1,0 +1,296 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// ztunnel's process settings. Each one is a flag and an environment variable; where upstream
+/// ztunnel reads one, the variable has upstream's name, so its DaemonSet env carries over.
+/// Flags win over the environment.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct Settings {
+    /// Local config file (upstream ztunnel's local-config YAML: workloads, services, policies)
+    /// used instead of istiod; reloaded when it changes.
+    #[arg(long, env = "LOCAL_XDS_PATH", value_name = "FILE")]
+    pub local_xds_path: Option<PathBuf>,
+
+    /// Unix socket on which the CNI agent serves ZDS (the agent listens, ztunnel connects).
+    #[arg(
+        long,
+        env = "INPOD_UDS",
+        value_name = "PATH",
+        default_value = "/var/run/ztunnel/ztunnel.sock"
+    )]
+    pub inpod_uds: PathBuf,
+
+    /// Name of the Kubernetes node this ztunnel runs on; workloads whose `node` matches are
+    /// local. Empty (the default) means unknown: set it from the downward API in a cluster.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME", default_value = "")]
+    pub node_name: String,
+
+    /// Trust domain of the identities this ztunnel issues and accepts.
+    #[arg(
+        long,
+        env = "TRUST_DOMAIN",
+        value_name = "DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+
+    /// Cluster this ztunnel belongs to (a telemetry label and part of derived workload uids).
+    #[arg(
+        long,
+        env = "CLUSTER_ID",
+        value_name = "ID",
+        default_value = "Kubernetes"
+    )]
+    pub cluster_id: String,
+
+    /// SO_MARK put on sockets ztunnel opens inside pods, so the pod's redirect rules let them
+    /// pass. Decimal or 0x-hex; must match the CNI agent's rules.
+    #[arg(
+        long,
+        env = "INPOD_MARK",
+        value_name = "MARK",
+        default_value = "1337",
+        value_parser = parse_mark
+    )]
+    pub packet_mark: u32,
+
+    /// Directory holding the local CA (root-cert.pem, ca-key.pem) that signs workload
+    /// certificates when no external CA is used.
+    #[arg(
+        long,
+        env = "LOCAL_CA_DIR",
+        value_name = "DIR",
+        default_value = "/var/run/ztunnel/ca"
+    )]
+    pub local_ca_dir: PathBuf,
+
+    /// Lifetime of issued workload certificates (e.g. 24h, 90m); they are renewed at half-life.
+    #[arg(
+        long,
+        env = "SECRET_TTL",
+        value_name = "DURATION",
+        default_value = "24h",
+        value_parser = parse_duration
+    )]
+    pub cert_ttl: Duration,
+
+    /// On shutdown, how long open connections may drain before they are closed.
+    #[arg(
+        long,
+        env = "CONNECTION_TERMINATION_DEADLINE",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub drain_deadline: Duration,
+
+    /// Address of the readiness endpoint (/healthz/ready).
+    #[arg(
+        long,
+        env = "READINESS_ADDR",
+        value_name = "ADDR",
+        default_value = "[::]:15021"
+    )]
+    pub readiness_addr: SocketAddr,
+
+    /// How often the local config file is checked for changes.
+    #[arg(
+        long,
+        env = "CONFIG_POLL_INTERVAL",
+        value_name = "DURATION",
+        default_value = "1s",
+        value_parser = parse_poll_interval
+    )]
+    pub config_poll_interval: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's env-filter syntax, e.g. `info` or `info,meshtunnel::proxy=debug`.
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        value_name = "FILTER",
+        default_value = "info",
+        value_parser = parse_log_filter
+    )]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (write a duration with units, e.g. 500ms, 30s, 24h)"))
+}
+
+fn parse_poll_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    // A zero interval would make the watcher spin on the file.
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    match parsed {
+        // Mark 0 is "unmarked": the redirect rules would capture ztunnel's own sockets.
+        Ok(0) => Err("must not be 0".into()),
+        Ok(m) => Ok(m),
+        Err(e) => Err(format!("{e} (expected a decimal or 0x-hex number)")),
+    }
+}
+
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+    use std::sync::Mutex;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    // Clap reads the process environment, which all test threads share: every test here that
+    // parses holds this lock and scrubs the variables it cares about.
+    static ENV: Mutex<()> = Mutex::new(());
+
+    const VARS: &[&str] = &[
+        "LOCAL_XDS_PATH",
+        "INPOD_UDS",
+        "NODE_NAME",
+        "TRUST_DOMAIN",
+        "CLUSTER_ID",
+        "INPOD_MARK",
+        "LOCAL_CA_DIR",
+        "SECRET_TTL",
+        "CONNECTION_TERMINATION_DEADLINE",
+        "READINESS_ADDR",
+        "CONFIG_POLL_INTERVAL",
+        "LOG_FORMAT",
+        "RUST_LOG",
+    ];
+
+    fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+        let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        for v in VARS {
+            std::env::remove_var(v);
+        }
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let out = f();
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        out
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ztunnel").chain(args.iter().copied()))
+            .map(|c| c.settings)
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_setting_has_help_and_an_env_var() {
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments().filter(|a| a.get_long().is_some()) {
+            let name = arg.get_id();
+            assert!(arg.get_help().is_some(), "--{name} has no help text");
+            assert!(arg.get_env().is_some(), "--{name} has no env var");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = with_env(&[], || parse(&[])).unwrap();
+        assert_eq!(s.local_xds_path, None);
+        assert_eq!(s.inpod_uds, PathBuf::from("/var/run/ztunnel/ztunnel.sock"));
+        assert_eq!(s.node_name, "");
+        assert_eq!(s.trust_domain, "cluster.local");
+        assert_eq!(s.cluster_id, "Kubernetes");
+        assert_eq!(s.packet_mark, 0x539);
+        assert_eq!(s.local_ca_dir, PathBuf::from("/var/run/ztunnel/ca"));
+        assert_eq!(s.cert_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(s.drain_deadline, Duration::from_secs(5));
+        assert_eq!(s.readiness_addr, "[::]:15021".parse().unwrap());
+        assert_eq!(s.config_poll_interval, Duration::from_secs(1));
+        assert_eq!(s.log_format, LogFormat::Plain);
+        assert_eq!(s.log_level, "info");
+    }
+
+    #[test]
+    fn env_overrides_and_flags_win() {
+        let vars = [
+            ("LOCAL_XDS_PATH", "/etc/zt.yaml"),
+            ("NODE_NAME", "node-a"),
+            ("INPOD_MARK", "0x111"),
+            ("SECRET_TTL", "24h0m0s"),
+            ("CONNECTION_TERMINATION_DEADLINE", "500ms"),
+            ("CONFIG_POLL_INTERVAL", "50ms"),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,meshtunnel=debug"),
+        ];
+        let s = with_env(&vars, || parse(&[])).unwrap();
+        assert_eq!(s.local_xds_path, Some(PathBuf::from("/etc/zt.yaml")));
+        assert_eq!(s.node_name, "node-a");
+        assert_eq!(s.packet_mark, 0x111);
+        assert_eq!(s.cert_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(s.drain_deadline, Duration::from_millis(500));
+        assert_eq!(s.config_poll_interval, Duration::from_millis(50));
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.log_level, "info,meshtunnel=debug");
+
+        let s = with_env(&vars, || {
+            parse(&["--node-name", "node-b", "--cert-ttl", "1h"])
+        })
+        .unwrap();
+        assert_eq!(s.node_name, "node-b");
+        assert_eq!(s.cert_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_setting_named() {
+        for (args, needle) in [
+            (&["--cert-ttl", "24"][..], "--cert-ttl"),
+            (&["--packet-mark", "0"], "--packet-mark"),
+            (&["--packet-mark", "0xzz"], "--packet-mark"),
+            (&["--config-poll-interval", "0s"], "--config-poll-interval"),
+            (&["--readiness-addr", "15021"], "--readiness-addr"),
+            (&["--log-format", "xml"], "--log-format"),
+        ] {
+            let e = with_env(&[], || parse(args)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        let e = with_env(&[("SECRET_TTL", "forever")], || parse(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("forever"), "{e}");
+    }
+}
