@@ -310,6 +310,25 @@ fn traffic_is_redirected(backend: Backend) {
     let (_s, peer) = accept(&app);
     assert_eq!(peer.ip(), Ipv4Addr::new(169, 254, 7, 127));
 
+    // Source-preserving inbound, as ztunnel does it: a transparent socket with our mark
+    // connects to the app from the remote client's address. The app's replies go to b1's
+    // address; only the connmark + fwmark route brings them back to lo instead of the wire, so
+    // without those rules this connect would time out.
+    let transparent = run_in(a1, || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_mark(0x539).unwrap();
+        s.set_ip_transparent_v4(true).unwrap();
+        s.bind(&SocketAddrV4::new(b1_ip, 0).into()).unwrap();
+        s.connect_timeout(&SocketAddrV4::new(a1_ip, 8080).into(), TIMEOUT)
+            .map(|()| TcpStream::from(s))
+    });
+    let mut t = transparent.expect("transparent connect to the app");
+    let (mut s, peer) = accept(&app);
+    assert_eq!(peer.ip(), b1_ip, "app must see the original client");
+    s.write_all(b"pong").unwrap();
+    t.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+
     // Removal restores plain routing: the same outbound connect now reaches b1 itself.
     redirect::uninstall(&a1.path(), backend, &RedirectConfig::default()).unwrap();
     let _c = connect_from(a1, SocketAddrV4::new(b1_ip, 9001), None, None);
