@@ -93,10 +93,12 @@ impl Netns {
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect();
-            if pids.is_empty() || Instant::now() > deadline {
+            let me = std::process::id() as i32;
+            if pids.iter().all(|p| *p == me) || Instant::now() > deadline {
                 return;
             }
-            for pid in pids {
+            // A process that setns'd its main thread in here must not shoot itself.
+            for pid in pids.into_iter().filter(|p| *p != me) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             thread::sleep(Duration::from_millis(10));

@@ -5,9 +5,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 ///
 /// Seven characters leave room for a suffix inside IFNAMSIZ (15) should a caller name links after
 /// it. The counter keeps calls within one process distinct; pid and clock keep processes distinct.
-/// Uniqueness is probabilistic across processes, which is why [`crate::Netns::create`] refuses to
-/// adopt a namespace that already exists instead of reusing it.
+/// Candidates already used by a live namespace are skipped; the remaining race with another
+/// process is why [`crate::Netns::create`] refuses to adopt an existing namespace.
 pub fn unique_prefix() -> String {
+    loop {
+        let p = candidate();
+        if !in_use(&p) {
+            return p;
+        }
+    }
+}
+
+fn in_use(prefix: &str) -> bool {
+    std::fs::read_dir("/var/run/netns")
+        .map(|dir| {
+            dir.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+        .unwrap_or(false)
+}
+
+fn candidate() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
