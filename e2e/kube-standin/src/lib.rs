@@ -11,7 +11,9 @@
 mod clock;
 mod discovery;
 mod kubeconfig;
+mod openapi;
 mod patch;
+mod proto;
 mod resource;
 mod selector;
 mod server;
@@ -46,6 +48,7 @@ pub struct Builder {
     history_limit: usize,
     bookmark_interval: Duration,
     seed_namespaces: bool,
+    log_requests: bool,
 }
 
 impl Default for Builder {
@@ -54,6 +57,7 @@ impl Default for Builder {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(30),
             seed_namespaces: true,
+            log_requests: false,
         }
     }
 }
@@ -77,6 +81,12 @@ impl Builder {
         self
     }
 
+    /// Logs each request line (method, URI, Accept, Content-Type) and status to stderr.
+    pub fn log_requests(mut self, log: bool) -> Self {
+        self.log_requests = log;
+        self
+    }
+
     /// Binds `addr` (port 0 picks a free one) and serves on a background thread.
     pub fn start(self, addr: SocketAddr) -> io::Result<KubeStandin> {
         let listener = std::net::TcpListener::bind(addr)?;
@@ -95,6 +105,7 @@ impl Builder {
             store: store.clone(),
             bookmark_interval: self.bookmark_interval,
             server_address: addr.to_string(),
+            log_requests: self.log_requests,
         });
         let (stop_tx, stop_rx) = signal::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()

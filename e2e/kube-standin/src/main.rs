@@ -24,6 +24,9 @@ struct Args {
     /// Seconds between BOOKMARK events on watches that allow them.
     #[arg(long, default_value_t = 30)]
     bookmark_interval: u64,
+    /// Log every request (method, URI, Accept, Content-Type, status) to stderr.
+    #[arg(long)]
+    log_requests: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     let api = KubeStandin::builder()
         .history_limit(args.history_limit)
         .bookmark_interval(Duration::from_secs(args.bookmark_interval.max(1)))
+        .log_requests(args.log_requests)
         .start(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     if let Some(path) = &args.kubeconfig {

@@ -16,7 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch as signal};
 
 use crate::discovery;
+use crate::openapi;
 use crate::patch::PatchKind;
+use crate::proto;
 use crate::resource::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -33,6 +35,7 @@ pub(crate) struct Server {
     pub store: Arc<Store>,
     pub bookmark_interval: Duration,
     pub server_address: String,
+    pub log_requests: bool,
 }
 
 /// Accepts connections until `shutdown` flips to true.
@@ -57,13 +60,37 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
-                async move { Ok::<_, Infallible>(server.handle(req).await) }
+                async move {
+                    let line = server.log_requests.then(|| request_line(&req));
+                    let resp = server.handle(req).await;
+                    if let Some(line) = line {
+                        eprintln!("kube-standin: {line} -> {}", resp.status().as_u16());
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+fn request_line(req: &Request<Incoming>) -> String {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    format!(
+        "{} {} accept={} content-type={}",
+        req.method(),
+        req.uri(),
+        header(header::ACCEPT),
+        header(header::CONTENT_TYPE)
+    )
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -180,6 +207,18 @@ fn method_not_allowed(method: &Method) -> ApiError {
     )
 }
 
+fn unsupported_media_type(content_type: &str) -> ApiError {
+    ApiError::new(
+        415,
+        "UnsupportedMediaType",
+        format!(
+            "the body of the request was in an unknown format ({content_type:?}) - accepted \
+             media types include: application/json, application/json-patch+json, \
+             application/merge-patch+json, application/strategic-merge-patch+json"
+        ),
+    )
+}
+
 impl Server {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
@@ -191,6 +230,8 @@ impl Server {
             (Method::GET, "/api") => simple(discovery::api_versions(&self.server_address)),
             (Method::GET, "/apis") => simple(discovery::api_group_list()),
             (Method::GET, "/api/v1") => simple(discovery::core_v1_resources()),
+            (Method::GET, "/openapi/v3") => simple(openapi::root()),
+            (Method::GET, "/openapi/v3/api/v1") => simple(openapi::core_v1()),
             (Method::GET, "/healthz" | "/readyz" | "/livez") => Some(
                 Response::builder()
                     .header(header::CONTENT_TYPE, "text/plain")
@@ -238,7 +279,18 @@ impl Server {
             .unwrap_or("");
         let as_table = table::wants_table(accept)
             .then(|| IncludeObject::parse(query.get("includeObject").map(String::as_str)));
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let parse_body = || -> Result<Value, ApiError> {
+            if content_type.starts_with(proto::CONTENT_TYPE) {
+                return match t.resource {
+                    Resource::Namespace => proto::decode_namespace(body)
+                        .map_err(|e| ApiError::bad_request(format!("protobuf body: {e}"))),
+                    Resource::Pod => Err(unsupported_media_type(content_type)),
+                };
+            }
             serde_json::from_slice(body).map_err(|e| {
                 ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
             })
@@ -274,17 +326,8 @@ impl Server {
                 Ok(Reply::Json(200, obj))
             }
             Method::PATCH => {
-                let ct = headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let kind = PatchKind::from_content_type(ct).ok_or_else(|| {
-                    ApiError::new(
-                        415,
-                        "UnsupportedMediaType",
-                        format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"),
-                    )
-                })?;
+                let kind = PatchKind::from_content_type(content_type)
+                    .ok_or_else(|| unsupported_media_type(content_type))?;
                 let obj = store.patch(t.resource, ns, name, kind, &parse_body()?, mode)?;
                 Ok(Reply::Json(200, obj))
             }
