@@ -1,4 +1,4 @@
-//! Just enough of the Kubernetes protobuf encoding to accept a Namespace body.
+//! Just enough protobuf: decoding a Namespace body, and encoding small messages.
 //!
 //! kubectl 1.32+ sends `kubectl create namespace` as `application/vnd.kubernetes.protobuf`
 //! (its typed clientset prefers protobuf for built-in kinds, and unlike CBOR there is no JSON
@@ -68,6 +68,23 @@ fn fields(mut buf: &[u8]) -> impl Iterator<Item = Result<(u64, Field<'_>), Strin
         }
         Some(item)
     })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Encodes one length-delimited field (string, bytes or embedded message).
+pub(crate) fn field(number: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 6);
+    put_varint(&mut out, u64::from(number) << 3 | 2);
+    put_varint(&mut out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+    out
 }
 
 fn string(bytes: &[u8]) -> Result<String, String> {
@@ -191,12 +208,17 @@ mod tests {
     }
 
     #[test]
+    fn encodes_long_fields() {
+        let long = vec![b'x'; 300];
+        let enc = field(16, &long);
+        assert_eq!(&enc[..4], &[0x82, 0x01, 0xac, 0x02]);
+        let parsed: Vec<_> = fields(&enc).collect::<Result<_, _>>().unwrap();
+        assert!(matches!(parsed[..], [(16, Field::Bytes(b))] if b.len() == 300));
+    }
+
+    #[test]
     fn decodes_labels_and_annotations() {
-        fn ld(field: u8, bytes: &[u8]) -> Vec<u8> {
-            let mut v = vec![field << 3 | 2, bytes.len() as u8];
-            v.extend_from_slice(bytes);
-            v
-        }
+        let ld = |n: u32, b: &[u8]| field(n, b);
         let entry = |k: &[u8], v: &[u8]| [ld(1, k), ld(2, v)].concat();
         let meta = [
             ld(1, b"web"),

@@ -230,6 +230,12 @@ impl Server {
             (Method::GET, "/api") => simple(discovery::api_versions(&self.server_address)),
             (Method::GET, "/apis") => simple(discovery::api_group_list()),
             (Method::GET, "/api/v1") => simple(discovery::core_v1_resources()),
+            (Method::GET, "/openapi/v2") => Some(
+                Response::builder()
+                    .header(header::CONTENT_TYPE, openapi::V2_CONTENT_TYPE)
+                    .body(full(openapi::v2_protobuf()))
+                    .expect("static response"),
+            ),
             (Method::GET, "/openapi/v3") => simple(openapi::root()),
             (Method::GET, "/openapi/v3/api/v1") => simple(openapi::core_v1()),
             (Method::GET, "/healthz" | "/readyz" | "/livez") => Some(
