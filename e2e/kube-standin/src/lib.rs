@@ -256,6 +256,12 @@ impl KubeStandin {
         self.store.expire_history()
     }
 
+    /// How many watch streams are open, so tests can wait for a client's watch to be
+    /// established before making the changes it should see.
+    pub fn active_watches(&self) -> usize {
+        self.store.active_watches()
+    }
+
     /// Ends open watches; history is kept, so clients resume without re-listing.
     pub fn close_watches(&self) {
         self.store.close_watches()

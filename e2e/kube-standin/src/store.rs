@@ -490,6 +490,11 @@ impl Store {
         let _ = self.tx.send(Broadcast::CloseAll);
     }
 
+    /// Open watch streams (each holds one subscription).
+    pub(crate) fn active_watches(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// Ends open watches without losing history: clients resume where they were.
     pub(crate) fn close_watches(&self) {
         let _inner = self.lock();
