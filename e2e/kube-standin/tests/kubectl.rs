@@ -36,7 +36,8 @@ struct Kubectl {
 impl Kubectl {
     fn new(bin: PathBuf, api: &KubeStandin) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        api.write_kubeconfig(&dir.path().join("kubeconfig")).unwrap();
+        api.write_kubeconfig(&dir.path().join("kubeconfig"))
+            .unwrap();
         Kubectl { bin, dir }
     }
 
@@ -75,7 +76,10 @@ impl Kubectl {
     /// Runs and requires failure; returns stderr.
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "kubectl {args:?} unexpectedly succeeded");
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded"
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
@@ -103,8 +107,18 @@ impl Background {
         let _ = child.kill();
         let _ = child.wait();
         let (mut out, mut err) = (String::new(), String::new());
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         (out, err)
     }
 }
