@@ -585,3 +585,38 @@ async fn dropping_the_handle_stops_the_server() {
     assert!(end.is_ok());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn lists_page_with_limit_and_continue() {
+    let (api, client) = start();
+    for name in ["a", "b", "c"] {
+        api.create(serde_json::to_value(pod("default", name, None, json!({}))).unwrap())
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::all(client.clone());
+    let first = pods.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    assert_eq!(first.metadata.remaining_item_count, Some(1));
+    let rest = pods
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.items.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert!(rest.metadata.continue_.is_none());
+
+    // The runtime watcher follows the pages too.
+    let mut events: WatcherStream = watcher(pods, watcher::Config::default().page_size(1)).boxed();
+    let mut got = Vec::new();
+    loop {
+        let e = expect(&mut events, false).await;
+        if e == "InitDone" {
+            break;
+        }
+        got.push(e);
+    }
+    assert_eq!(got, ["Init", "InitApply a", "InitApply b", "InitApply c"]);
+}

@@ -172,6 +172,12 @@ fn walkthrough(bin: &Path) {
         "{ns}"
     );
     assert_eq!(ns["status"]["phase"], "Active");
+    // One object per page: kubectl must follow continue tokens to see all three.
+    let all = k.ok(&["get", "namespaces", "--chunk-size=1", "-o", "name"]);
+    assert_eq!(
+        all,
+        "namespace/default\nnamespace/demo\nnamespace/kube-system\n"
+    );
     let listed = k.ok(&["get", "namespaces", "-l", "istio.io/dataplane-mode=ambient"]);
     assert!(listed.contains("demo") && !listed.contains("kube-system"));
 
