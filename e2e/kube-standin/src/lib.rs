@@ -14,6 +14,7 @@ mod kubeconfig;
 mod openapi;
 mod patch;
 mod proto;
+mod render;
 mod resource;
 mod selector;
 mod server;

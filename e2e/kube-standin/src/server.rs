@@ -19,11 +19,11 @@ use crate::discovery;
 use crate::openapi;
 use crate::patch::PatchKind;
 use crate::proto;
+use crate::render::Render;
 use crate::resource::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::store::{StatusMode, Store, WatchFrom};
-use crate::table::{self, IncludeObject};
 use crate::watch::{self, WatchSpec};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -264,7 +264,7 @@ impl Server {
         };
         match self.dispatch(&parts.method, &parts.headers, &query, target, &body) {
             Ok(Reply::Json(code, v)) => json_ok(code, &v),
-            Ok(Reply::Table(v)) => respond(200, table::CONTENT_TYPE, &v),
+            Ok(Reply::Rendered(v, content_type)) => respond(200, content_type, &v),
             Ok(Reply::Watch(spec, from)) => self.start_watch(spec, from),
             Err(e) => error(&e),
         }
@@ -283,8 +283,7 @@ impl Server {
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let as_table = table::wants_table(accept)
-            .then(|| IncludeObject::parse(query.get("includeObject").map(String::as_str)));
+        let render = Render::negotiate(accept, query.get("includeObject").map(String::as_str));
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -309,7 +308,7 @@ impl Server {
         let store = &self.store;
         let Some(name) = t.name.as_deref() else {
             return match *method {
-                Method::GET => self.list_or_watch(&t, query, as_table),
+                Method::GET => self.list_or_watch(&t, query, render),
                 Method::POST if !t.status && (ns.is_some() || !t.resource.namespaced()) => {
                     let obj = store.create(t.resource, ns, parse_body()?, StatusMode::Keep)?;
                     Ok(Reply::Json(201, obj))
@@ -322,10 +321,10 @@ impl Server {
                 let obj = store
                     .get(t.resource, ns, name)
                     .ok_or_else(|| ApiError::not_found(t.resource, name))?;
-                Ok(match as_table {
-                    Some(include) => Reply::Table(table::table(t.resource, &[obj], include, None)),
-                    None => Reply::Json(200, obj),
-                })
+                Ok(Reply::Rendered(
+                    render.object(t.resource, &obj),
+                    render.content_type(false),
+                ))
             }
             Method::PUT => {
                 let obj = store.update(t.resource, ns, name, parse_body()?, mode)?;
@@ -349,7 +348,7 @@ impl Server {
         &self,
         t: &Target,
         query: &HashMap<String, String>,
-        as_table: Option<IncludeObject>,
+        render: Render,
     ) -> Result<Reply, ApiError> {
         let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
             .map_err(ApiError::bad_request)?;
@@ -367,12 +366,16 @@ impl Server {
                     ApiError::bad_request(format!("invalid resource version {rv:?}"))
                 })?),
             };
-            let timeout = match query.get("timeoutSeconds") {
-                Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
-                    ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
-                })?)),
-                None => None,
-            };
+            // 0 or absent: no deadline (the real server picks a long random one).
+            let timeout =
+                match query.get("timeoutSeconds") {
+                    Some(s) => Some(s.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
+                    })?)
+                    .filter(|secs| *secs > 0)
+                    .map(Duration::from_secs),
+                    None => None,
+                };
             let spec = WatchSpec {
                 resource: t.resource,
                 namespace: t.namespace.clone(),
@@ -382,7 +385,7 @@ impl Server {
                 bookmark_interval: self.bookmark_interval,
                 timeout,
                 initial_events_end: initial_events,
-                table: as_table,
+                render,
             };
             return Ok(Reply::Watch(spec, from));
         }
@@ -395,28 +398,14 @@ impl Server {
             metadata["continue"] = token.clone().into();
             metadata["remainingItemCount"] = page.remaining.into();
         }
-        if let Some(include) = as_table {
-            let mut t = table::table(t.resource, &page.items, include, Some(rv));
-            t["metadata"] = metadata;
-            return Ok(Reply::Table(t));
-        }
-        Ok(Reply::Json(
-            200,
-            json!({
-                "kind": t.resource.list_kind(),
-                "apiVersion": "v1",
-                "metadata": metadata,
-                "items": page.items,
-            }),
+        Ok(Reply::Rendered(
+            render.list(t.resource, &page.items, metadata),
+            render.content_type(true),
         ))
     }
 
     fn start_watch(&self, spec: WatchSpec, from: WatchFrom) -> Response<Body> {
-        let content_type = if spec.table.is_some() {
-            table::CONTENT_TYPE
-        } else {
-            "application/json"
-        };
+        let content_type = spec.render.content_type(false);
         let builder = Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, content_type)
@@ -502,7 +491,7 @@ fn paginate(items: Vec<Value>, query: &HashMap<String, String>) -> Result<Page, 
 
 enum Reply {
     Json(u16, Value),
-    Table(Value),
+    Rendered(Value, &'static str),
     Watch(WatchSpec, WatchFrom),
 }
 

@@ -24,14 +24,6 @@ impl IncludeObject {
     }
 }
 
-/// Whether any alternative in the Accept header asks for a Table.
-pub(crate) fn wants_table(accept: &str) -> bool {
-    accept.split(',').any(|alt| {
-        let params: Vec<&str> = alt.split(';').map(str::trim).collect();
-        params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
-    })
-}
-
 pub(crate) const CONTENT_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 
 fn column(name: &str, ty: &str, format: &str, priority: u8, description: &str) -> Value {
@@ -138,13 +130,7 @@ fn row(resource: Resource, obj: &Value, include: IncludeObject, now: i64) -> Val
         IncludeObject::None => {}
         IncludeObject::Object => row["object"] = obj.clone(),
         // kubectl reads the namespace for `-A` and the name for `-o name` from here.
-        IncludeObject::Metadata => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
-            })
-        }
+        IncludeObject::Metadata => row["object"] = crate::render::partial(obj),
     }
     row
 }
@@ -172,14 +158,6 @@ pub(crate) fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accept_negotiation() {
-        assert!(wants_table(
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
-        ));
-        assert!(!wants_table("application/json, */*"));
-    }
 
     #[test]
     fn pod_row() {

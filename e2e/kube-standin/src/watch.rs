@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
+use crate::render::Render;
 use crate::resource::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::store::{Broadcast, Change, EventType, WatchStart};
-use crate::table::{self, IncludeObject};
 
 pub(crate) struct WatchSpec {
     pub resource: Resource,
@@ -25,8 +25,8 @@ pub(crate) struct WatchSpec {
     pub timeout: Option<Duration>,
     /// `sendInitialEvents=true`: mark the end of the synthetic ADDED events with a bookmark.
     pub initial_events_end: bool,
-    /// Render each object as a one-row Table (kubectl `get -w`).
-    pub table: Option<IncludeObject>,
+    /// How event objects are represented (a one-row Table for kubectl `get -w`).
+    pub render: Render,
 }
 
 impl WatchSpec {
@@ -59,11 +59,9 @@ impl WatchSpec {
     }
 
     fn line(&self, ty: &str, obj: &Value) -> Bytes {
-        let object = match self.table {
-            Some(include) if ty != "BOOKMARK" && ty != "ERROR" => {
-                table::table(self.resource, std::slice::from_ref(obj), include, None)
-            }
-            _ => obj.clone(),
+        let object = match ty {
+            "BOOKMARK" | "ERROR" => obj.clone(),
+            _ => self.render.object(self.resource, obj),
         };
         let mut line = serde_json::to_vec(&json!({"type": ty, "object": object}))
             .expect("serializing a Value cannot fail");

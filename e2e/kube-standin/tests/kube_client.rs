@@ -620,3 +620,53 @@ async fn lists_page_with_limit_and_continue() {
     }
     assert_eq!(got, ["Init", "InitApply a", "InitApply b", "InitApply c"]);
 }
+
+#[tokio::test]
+async fn metadata_lists_and_watches() {
+    let (api, client) = start();
+    api.create(
+        serde_json::to_value(pod("default", "a", Some("node-a"), json!({"app": "web"}))).unwrap(),
+    )
+    .unwrap();
+    let pods: Api<Pod> = Api::all(client.clone());
+    let list = pods.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].labels()["app"], "web");
+
+    let meta: Api<kube::core::PartialObjectMeta<Pod>> = Api::all(client);
+    let mut events = watcher(meta, watcher::Config::default()).boxed();
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("InitDone") {
+        got.push(match next(&mut events).await.unwrap() {
+            watcher::Event::Init => "Init".into(),
+            watcher::Event::InitApply(p) => format!("InitApply {}", p.name_any()),
+            watcher::Event::InitDone => "InitDone".into(),
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    assert_eq!(got, ["Init", "InitApply a", "InitDone"]);
+    api.merge_patch(
+        Resource::Pod,
+        Some("default"),
+        "a",
+        &json!({"metadata": {"annotations": {"k": "v"}}}),
+    )
+    .unwrap();
+    match next(&mut events).await.unwrap() {
+        watcher::Event::Apply(p) => assert_eq!(p.annotations()["k"], "v"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_ends_after_timeout_seconds() {
+    let (_api, client) = start();
+    let pods: Api<Pod> = Api::all(client);
+    let mut w = pods
+        .watch(&WatchParams::default().timeout(1).disable_bookmarks(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let ended = tokio::time::timeout(STEP, w.next()).await.unwrap();
+    assert!(ended.is_none());
+}
