@@ -279,6 +279,92 @@ fn walkthrough(bin: &Path) {
     assert!(table.contains("Running"), "{table}");
 }
 
+/// What the cni-agent relies on: a namespace label added or removed with kubectl reaches a
+/// `kube::runtime::watcher` on namespaces, and an annotation the agent writes is visible to
+/// kubectl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_writes_reach_kube_watcher() {
+    use futures_util::StreamExt;
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::watcher;
+
+    let bin = PathBuf::from(DEFAULT_KUBECTL);
+    if !bin.exists() {
+        println!("SKIPPED: {DEFAULT_KUBECTL} not installed");
+        return;
+    }
+    let api = KubeStandin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let k = Kubectl::new(bin, &api);
+    let client = kube::Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut events = watcher(namespaces, watcher::Config::default()).boxed();
+    let mode = |ns: &Namespace| {
+        ns.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("istio.io/dataplane-mode").cloned())
+    };
+    // Waits for the next Apply of namespace "demo" and returns its dataplane-mode label.
+    async fn next_demo(
+        events: &mut (impl futures_util::Stream<Item = Result<watcher::Event<Namespace>, watcher::Error>>
+                  + Unpin),
+        mode: impl Fn(&Namespace) -> Option<String>,
+    ) -> Option<String> {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("watcher event")
+                .expect("watcher stream")
+                .expect("watcher error");
+            if let watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) = e {
+                if ns.metadata.name.as_deref() == Some("demo") {
+                    return mode(&ns);
+                }
+            }
+        }
+    }
+
+    k.ok(&["create", "namespace", "demo"]);
+    assert_eq!(next_demo(&mut events, mode).await, None);
+    k.ok(&[
+        "label",
+        "namespace",
+        "demo",
+        "istio.io/dataplane-mode=ambient",
+    ]);
+    assert_eq!(
+        next_demo(&mut events, mode).await.as_deref(),
+        Some("ambient")
+    );
+    k.ok(&["label", "namespace", "demo", "istio.io/dataplane-mode-"]);
+    assert_eq!(next_demo(&mut events, mode).await, None);
+
+    let pod_file = k.dir.path().join("pod.yaml");
+    std::fs::write(&pod_file, POD_YAML).unwrap();
+    k.ok(&["create", "-f", pod_file.to_str().unwrap()]);
+    let pods: Api<Pod> = Api::namespaced(client, "demo");
+    pods.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"ambient.istio.io/redirection": "enabled"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let shown = k.ok(&[
+        "get",
+        "pod",
+        "-n",
+        "demo",
+        "web",
+        "-o",
+        "jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}",
+    ]);
+    assert_eq!(shown, "enabled");
+}
+
 fn run_version(bin: PathBuf) {
     if !bin.exists() {
         // Not a silent pass: the output says what was not checked.
