@@ -17,10 +17,12 @@ use tokio::sync::{mpsc, watch as signal};
 
 use crate::discovery;
 use crate::openapi;
+use crate::paging::paginate;
 use crate::patch::PatchKind;
 use crate::proto;
 use crate::render::Render;
 use crate::resource::Resource;
+use crate::routes::{parse_query, route, truthy, Target};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::store::{StatusMode, Store, WatchFrom};
@@ -111,84 +113,6 @@ fn json_ok(code: u16, body: &Value) -> Response<Body> {
 
 fn error(err: &ApiError) -> Response<Body> {
     json_ok(err.code, &err.to_status())
-}
-
-fn decode_component(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn parse_query(q: Option<&str>) -> HashMap<String, String> {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode_component(k), decode_component(v))
-        })
-        .collect()
-}
-
-fn truthy(q: &HashMap<String, String>, key: &str) -> bool {
-    matches!(q.get(key).map(String::as_str), Some("1" | "true" | "True"))
-}
-
-/// A request path resolved to the resource it addresses.
-struct Target {
-    resource: Resource,
-    namespace: Option<String>,
-    name: Option<String>,
-    status: bool,
-}
-
-fn route(path: &str) -> Option<Target> {
-    let segs: Vec<String> = path
-        .trim_end_matches('/')
-        .split('/')
-        .skip(1)
-        .map(decode_component)
-        .collect();
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let target = |resource, namespace: Option<&str>, name: Option<&str>, status| {
-        Some(Target {
-            resource,
-            namespace: namespace.map(str::to_string),
-            name: name.map(str::to_string),
-            status,
-        })
-    };
-    match segs.as_slice() {
-        ["api", "v1", plural] => target(Resource::from_plural(plural)?, None, None, false),
-        ["api", "v1", "namespaces", name] => target(Resource::Namespace, None, Some(name), false),
-        ["api", "v1", "namespaces", name, "status"] => {
-            target(Resource::Namespace, None, Some(name), true)
-        }
-        ["api", "v1", "namespaces", ns, "pods"] => target(Resource::Pod, Some(ns), None, false),
-        ["api", "v1", "namespaces", ns, "pods", name] => {
-            target(Resource::Pod, Some(ns), Some(name), false)
-        }
-        ["api", "v1", "namespaces", ns, "pods", name, "status"] => {
-            target(Resource::Pod, Some(ns), Some(name), true)
-        }
-        _ => None,
-    }
 }
 
 fn not_found_path() -> ApiError {
@@ -434,132 +358,8 @@ impl Server {
     }
 }
 
-struct Page {
-    items: Vec<Value>,
-    continue_token: Option<String>,
-    remaining: usize,
-}
-
-fn sort_key(obj: &Value) -> (String, String) {
-    let field = |f: &str| {
-        obj.pointer(&format!("/metadata/{f}"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    (field("namespace"), field("name"))
-}
-
-/// `limit`/`continue` paging. The token is the last key served ("namespace/name"), so later
-/// pages reflect the store as it is then rather than a snapshot at the first page's
-/// resourceVersion, as a real server's would; clients treat the token as opaque either way.
-fn paginate(items: Vec<Value>, query: &HashMap<String, String>) -> Result<Page, ApiError> {
-    let limit = match query.get("limit").map(String::as_str) {
-        None | Some("" | "0") => None,
-        Some(l) => Some(
-            l.parse::<usize>()
-                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
-        ),
-    };
-    let after = match query.get("continue").map(String::as_str) {
-        None | Some("") => None,
-        Some(token) => {
-            let (ns, name) = token
-                .split_once('/')
-                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
-            Some((ns.to_string(), name.to_string()))
-        }
-    };
-    let mut items: Vec<Value> = match &after {
-        Some(after) => items.into_iter().filter(|o| sort_key(o) > *after).collect(),
-        None => items,
-    };
-    let mut page = Page {
-        items: Vec::new(),
-        continue_token: None,
-        remaining: 0,
-    };
-    if let Some(limit) = limit.filter(|l| items.len() > *l) {
-        page.remaining = items.len() - limit;
-        items.truncate(limit);
-        let (ns, name) = sort_key(items.last().expect("limit is positive"));
-        page.continue_token = Some(format!("{ns}/{name}"));
-    }
-    page.items = items;
-    Ok(page)
-}
-
 enum Reply {
     Json(u16, Value),
     Rendered(Value, &'static str),
     Watch(WatchSpec, WatchFrom),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_decoding() {
-        let q = parse_query(Some(
-            "labelSelector=istio.io%2Fdataplane-mode%3Dambient&fieldSelector=spec.nodeName%3Dnode-a&watch=1",
-        ));
-        assert_eq!(q["labelSelector"], "istio.io/dataplane-mode=ambient");
-        assert_eq!(q["fieldSelector"], "spec.nodeName=node-a");
-        assert!(truthy(&q, "watch"));
-        assert_eq!(decode_component("a%2"), "a%2");
-        assert_eq!(decode_component("in+(a%2Cb)"), "in (a,b)");
-    }
-
-    #[test]
-    fn pages() {
-        let items: Vec<Value> = ["a", "b", "c"]
-            .iter()
-            .map(|n| json!({"metadata": {"namespace": "ns", "name": n}}))
-            .collect();
-        let q = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>()
-        };
-        let p = paginate(items.clone(), &q(&[("limit", "2")])).unwrap();
-        assert_eq!(p.items.len(), 2);
-        assert_eq!(p.remaining, 1);
-        let token = p.continue_token.unwrap();
-        let p = paginate(items.clone(), &q(&[("limit", "2"), ("continue", &token)])).unwrap();
-        assert_eq!(p.items, items[2..]);
-        assert!(p.continue_token.is_none());
-        assert_eq!(
-            paginate(items.clone(), &q(&[("limit", "500")]))
-                .unwrap()
-                .items
-                .len(),
-            3
-        );
-        assert!(paginate(items, &q(&[("continue", "garbage")])).is_err());
-    }
-
-    #[test]
-    fn routes() {
-        let t = route("/api/v1/namespaces/demo/pods/web/status").unwrap();
-        assert_eq!(
-            (
-                t.resource,
-                t.namespace.as_deref(),
-                t.name.as_deref(),
-                t.status
-            ),
-            (Resource::Pod, Some("demo"), Some("web"), true)
-        );
-        let t = route("/api/v1/pods").unwrap();
-        assert_eq!(
-            (t.resource, t.namespace, t.name),
-            (Resource::Pod, None, None)
-        );
-        let t = route("/api/v1/namespaces/").unwrap();
-        assert_eq!((t.resource, t.name), (Resource::Namespace, None));
-        assert!(route("/api/v1/services").is_none());
-        assert!(route("/api/v1/namespaces/demo/services/x").is_none());
-    }
 }
