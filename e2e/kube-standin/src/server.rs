@@ -330,10 +330,10 @@ impl Server {
 
     fn start_watch(&self, spec: WatchSpec, from: WatchFrom) -> Response<Body> {
         let content_type = spec.render.content_type(false);
+        // hyper sends a body of unknown length chunked, which is what watch clients expect.
         let builder = Response::builder()
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::TRANSFER_ENCODING, "chunked");
+            .header(header::CONTENT_TYPE, content_type);
         match self
             .store
             .watch(spec.resource, spec.namespace.as_deref(), from)
