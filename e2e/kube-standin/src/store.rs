@@ -557,3 +557,194 @@ fn default_fields(resource: Resource, name: &str, obj: &mut Value, mode: StatusM
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_ns(ns: &str) -> Store {
+        let s = Store::new(100);
+        s.create(
+            Resource::Namespace,
+            None,
+            json!({"metadata": {"name": ns}}),
+            StatusMode::Keep,
+        )
+        .unwrap();
+        s
+    }
+
+    fn pod(name: &str) -> Value {
+        json!({"metadata": {"name": name}, "spec": {"containers": []}, "status": {"phase": "Running"}})
+    }
+
+    #[test]
+    fn create_fills_server_fields() {
+        let s = store_with_ns("demo");
+        let ns = s.get(Resource::Namespace, None, "demo").unwrap();
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "demo"
+        );
+        assert_eq!(ns["status"]["phase"], "Active");
+        let p = s
+            .create(Resource::Pod, Some("demo"), pod("a"), StatusMode::Keep)
+            .unwrap();
+        assert_eq!(p["kind"], "Pod");
+        assert_eq!(p["metadata"]["namespace"], "demo");
+        // Over HTTP the server owns status; in-process helpers may set it.
+        assert_eq!(p["status"]["phase"], "Pending");
+        let q = s
+            .create(Resource::Pod, Some("demo"), pod("b"), StatusMode::All)
+            .unwrap();
+        assert_eq!(q["status"]["phase"], "Running");
+        let g = s
+            .create(
+                Resource::Pod,
+                Some("demo"),
+                json!({"metadata": {"generateName": "web-"}}),
+                StatusMode::Keep,
+            )
+            .unwrap();
+        let name = g["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    }
+
+    #[test]
+    fn create_rejects_bad_input() {
+        let s = store_with_ns("demo");
+        let code = |r: Result<Value, ApiError>| r.unwrap_err().code;
+        assert_eq!(
+            code(s.create(Resource::Pod, Some("nope"), pod("a"), StatusMode::Keep)),
+            404
+        );
+        assert_eq!(
+            code(s.create(
+                Resource::Pod,
+                Some("demo"),
+                pod("Bad_Name"),
+                StatusMode::Keep
+            )),
+            422
+        );
+        let mut other_ns = pod("a");
+        other_ns["metadata"]["namespace"] = "default".into();
+        assert_eq!(
+            code(s.create(Resource::Pod, Some("demo"), other_ns, StatusMode::Keep)),
+            400
+        );
+        let mut wrong_kind = pod("a");
+        wrong_kind["kind"] = "Service".into();
+        assert_eq!(
+            code(s.create(Resource::Pod, Some("demo"), wrong_kind, StatusMode::Keep)),
+            400
+        );
+    }
+
+    #[test]
+    fn noop_writes_do_not_bump_resource_version() {
+        let s = store_with_ns("demo");
+        s.create(Resource::Pod, Some("demo"), pod("a"), StatusMode::Keep)
+            .unwrap();
+        let before = s.resource_version();
+        let patch = json!({"metadata": {"labels": null}});
+        s.patch(
+            Resource::Pod,
+            Some("demo"),
+            "a",
+            PatchKind::Merge,
+            &patch,
+            StatusMode::Keep,
+        )
+        .unwrap();
+        assert_eq!(s.resource_version(), before);
+        let patch = json!({"metadata": {"labels": {"x": "1"}}});
+        s.patch(
+            Resource::Pod,
+            Some("demo"),
+            "a",
+            PatchKind::Merge,
+            &patch,
+            StatusMode::Keep,
+        )
+        .unwrap();
+        assert_eq!(s.resource_version(), before + 1);
+    }
+
+    #[test]
+    fn namespace_label_cannot_be_removed() {
+        let s = store_with_ns("demo");
+        let patch = json!({"metadata": {"labels": null}});
+        let ns = s
+            .patch(
+                Resource::Namespace,
+                None,
+                "demo",
+                PatchKind::Merge,
+                &patch,
+                StatusMode::Keep,
+            )
+            .unwrap();
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "demo"
+        );
+    }
+
+    #[test]
+    fn deleting_a_namespace_deletes_its_pods_first() {
+        let s = store_with_ns("demo");
+        for p in ["a", "b"] {
+            s.create(Resource::Pod, Some("demo"), pod(p), StatusMode::Keep)
+                .unwrap();
+        }
+        let from = s.resource_version();
+        s.delete(Resource::Namespace, None, "demo").unwrap();
+        assert!(s.list(Resource::Pod, None, |_| true).0.is_empty());
+        let start = s
+            .watch(Resource::Pod, None, WatchFrom::After(from))
+            .unwrap();
+        let deleted: Vec<_> = start
+            .replay
+            .iter()
+            .map(|c| {
+                (
+                    c.ty,
+                    c.new["metadata"]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                (EventType::Deleted, "a".into()),
+                (EventType::Deleted, "b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let s = Store::new(2);
+        let start = s.resource_version();
+        for ns in ["a", "b", "c"] {
+            s.create(
+                Resource::Namespace,
+                None,
+                json!({"metadata": {"name": ns}}),
+                StatusMode::Keep,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            s.watch(Resource::Namespace, None, WatchFrom::After(start))
+                .err()
+                .map(|e| e.code),
+            Some(410)
+        );
+        let ok = s
+            .watch(Resource::Namespace, None, WatchFrom::After(start + 1))
+            .unwrap();
+        assert_eq!(ok.replay.len(), 2);
+    }
+}
