@@ -239,14 +239,14 @@ fn uninstall_restores_the_original_plugins() {
     let primary = node.write("10-calico.conflist", CALICO);
     let conf = node.write("20-bridge.conf", BRIDGE_CONF);
     install(&node.cfg).unwrap();
-    let report = uninstall(&node.cfg).unwrap();
+    let report = uninstall(&node.cfg.cni_bin_dir, &node.cfg.cni_conf_dir).unwrap();
     assert_eq!(report.unchained, vec![primary.clone()]);
     assert!(report.binary_removed);
     assert_eq!(read(&primary).to_string(), parse(CALICO).to_string());
     assert_eq!(fs::read_to_string(conf).unwrap(), BRIDGE_CONF);
     assert!(!node.cfg.cni_bin_dir.join("meshtunnel-cni").exists());
     // Nothing left to do the second time.
-    let again = uninstall(&node.cfg).unwrap();
+    let again = uninstall(&node.cfg.cni_bin_dir, &node.cfg.cni_conf_dir).unwrap();
     assert!(again.unchained.is_empty() && !again.binary_removed);
 }
 
@@ -255,7 +255,7 @@ fn uninstall_after_conversion_keeps_the_conflist_with_the_original_plugin() {
     let node = Node::new();
     node.write("10-bridge.conf", BRIDGE_CONF);
     install(&node.cfg).unwrap();
-    uninstall(&node.cfg).unwrap();
+    uninstall(&node.cfg.cni_bin_dir, &node.cfg.cni_conf_dir).unwrap();
     let after = read(&node.conf("10-bridge.conflist"));
     assert_eq!(plugin_types(&after), ["bridge"]);
     assert_eq!(
@@ -283,5 +283,5 @@ fn errors_leave_files_alone() {
     assert!(err.to_string().contains("0.2.0"));
     assert!(old.exists());
     // uninstall skips files it cannot read instead of failing.
-    assert!(uninstall(&node.cfg).is_ok());
+    assert!(uninstall(&node.cfg.cni_bin_dir, &node.cfg.cni_conf_dir).is_ok());
 }

@@ -9,6 +9,7 @@ mod plugin;
 mod result;
 mod version;
 
+pub use config::{DEFAULT_AGENT_SOCKET, DEFAULT_AGENT_TIMEOUT_MS};
 pub use env::CniEnv;
 pub use error::{CniError, Code};
 pub use plugin::{

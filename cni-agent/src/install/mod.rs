@@ -147,8 +147,8 @@ pub struct UninstallReport {
 /// Removes our entry from every config in the conf dir (the primary may have changed since
 /// install) and the binary. A config converted from `.conf` stays a `.conflist`, with the
 /// original plugin list.
-pub fn uninstall(cfg: &InstallConfig) -> Result<UninstallReport, InstallError> {
-    let dir = &cfg.cni_conf_dir;
+pub fn uninstall(cni_bin_dir: &Path, cni_conf_dir: &Path) -> Result<UninstallReport, InstallError> {
+    let dir = cni_conf_dir;
     let mut unchained = Vec::new();
     for path in files::conf_files(dir).map_err(io_err(dir))? {
         // Someone else's broken file is not ours to fix or to fail on.
@@ -158,7 +158,7 @@ pub fn uninstall(cfg: &InstallConfig) -> Result<UninstallReport, InstallError> {
             unchained.push(path);
         }
     }
-    let bin = cfg.cni_bin_dir.join(PLUGIN_TYPE);
+    let bin = cni_bin_dir.join(PLUGIN_TYPE);
     let binary_removed = match std::fs::remove_file(&bin) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
