@@ -8,10 +8,15 @@ use std::path::{Path, PathBuf};
 /// The extensions libcni loads from the conf dir, in the order it treats them.
 const CONF_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
 
-/// Every CNI config file in `dir`, sorted by name: the runtime uses the first one.
+/// Every CNI config file in `dir`, sorted by name: the runtime uses the first one. A missing
+/// dir has none (the primary CNI may not have created it yet).
 pub fn conf_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for dirent in fs::read_dir(dir)? {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
+        other => other?,
+    };
+    for dirent in entries {
         let path = dirent?.path();
         let ext_ok = path
             .extension()
