@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,8 @@ pub trait Enroller: Send + Sync + 'static {
 pub struct PluginServer<E> {
     listener: UnixListener,
     path: PathBuf,
+    /// (device, inode) of the socket file we created, to recognise it at shutdown.
+    identity: (u64, u64),
     enroller: Arc<E>,
 }
 
@@ -63,9 +65,11 @@ impl<E: Enroller> PluginServer<E> {
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let meta = std::fs::symlink_metadata(path)?;
         Ok(PluginServer {
             listener,
             path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
             enroller,
         })
     }
@@ -75,7 +79,8 @@ impl<E: Enroller> PluginServer<E> {
     }
 
     /// Serves until `shutdown` completes, then removes the socket so plugins fail fast (and
-    /// closed) instead of connecting to nothing.
+    /// closed) instead of connecting to nothing — unless a newer agent has already bound its own
+    /// socket at the path (an upgrade that starts the new pod before stopping the old one).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
@@ -95,7 +100,11 @@ impl<E: Enroller> PluginServer<E> {
                 },
             }
         }
-        let _ = std::fs::remove_file(&self.path);
+        let still_ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
+        if still_ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -132,3 +132,28 @@ fn shutdown_removes_the_socket() {
     assert!(!agent.socket.exists());
     assert!(UnixStream::connect(&agent.socket).is_err());
 }
+
+#[test]
+fn an_old_agent_stopping_leaves_the_new_agents_socket() {
+    let mut old = Agent::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _g = rt.enter();
+    let enroller = std::sync::Arc::new(ScriptedEnroller::default());
+    let new = PluginServer::bind(&old.socket, enroller.clone()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = rt.spawn(new.serve(async {
+        let _ = stopped.await;
+    }));
+    old.stop();
+    assert!(
+        old.socket.exists(),
+        "the old agent removed the new agent's socket"
+    );
+    let mut s = UnixStream::connect(&old.socket).unwrap();
+    s.write_all(&encode(&add("web"))).unwrap();
+    assert_eq!(read_frame::<Reply>(&mut s).unwrap().error, None);
+    assert_eq!(enroller.seen.lock().unwrap().len(), 1);
+    stop.send(()).unwrap();
+    rt.block_on(served).unwrap();
+    assert!(!old.socket.exists());
+}

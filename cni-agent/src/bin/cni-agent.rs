@@ -124,12 +124,30 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Install(args) => {
             let report = install::install(&args.config()?)?;
-            println!("{report:?}");
+            if report.binary_copied {
+                println!("copied the plugin into {}", args.dirs.cni_bin_dir.display());
+            }
+            match report.conf {
+                install::ConfChange::Unchanged(p) => println!("already chained in {}", p.display()),
+                install::ConfChange::Chained(p) => println!("chained into {}", p.display()),
+                install::ConfChange::Converted { from, to } => {
+                    println!(
+                        "converted {} to {} and chained",
+                        from.display(),
+                        to.display()
+                    )
+                }
+            }
             Ok(())
         }
         Cmd::Uninstall(dirs) => {
             let report = install::uninstall(&dirs.cni_bin_dir, &dirs.cni_conf_dir)?;
-            println!("{report:?}");
+            for p in &report.unchained {
+                println!("removed the plugin entry from {}", p.display());
+            }
+            if report.binary_removed {
+                println!("removed the plugin from {}", dirs.cni_bin_dir.display());
+            }
             Ok(())
         }
         Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
