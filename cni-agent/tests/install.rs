@@ -161,6 +161,26 @@ fn single_conf_is_converted_to_a_conflist() {
 }
 
 #[test]
+fn a_rewritten_conf_is_converted_again() {
+    let node = Node::new();
+    node.write("10-bridge.conf", BRIDGE_CONF);
+    chain(&node.cfg).unwrap();
+    // The primary CNI restarts and writes its single-plugin config again; it sorts before our
+    // conflist, so the runtime would use it and skip us.
+    let conf = node.write("10-bridge.conf", BRIDGE_CONF);
+    let list = node.conf("10-bridge.conflist");
+    assert_eq!(
+        chain(&node.cfg).unwrap(),
+        ConfChange::Converted {
+            from: conf,
+            to: list.clone()
+        }
+    );
+    assert_eq!(node.names(), ["10-bridge.conflist"]);
+    assert_eq!(plugin_types(&read(&list)), ["bridge", "meshtunnel-cni"]);
+}
+
+#[test]
 fn lexically_first_file_is_the_primary() {
     let node = Node::new();
     node.write("99-last.conflist", CALICO);
