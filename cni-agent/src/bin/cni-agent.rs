@@ -1,0 +1,212 @@
+//! `cni-agent`: meshtunnel's per-node CNI agent. For now it installs and uninstalls the chained
+//! plugin and runs the plugin-request server with a placeholder decision; the Kubernetes-watching
+//! enroller plugs into `cni_agent::server::Enroller` later.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use cni_agent::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_AGENT_TIMEOUT_MS};
+use cni_agent::install::{self, InstallConfig, InstallError, PluginSettings};
+use cni_agent::protocol::{EnrollRequest, ReleaseRequest};
+use cni_agent::server::{Decision, Enroller, PluginServer};
+
+/// meshtunnel CNI node agent.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Copy meshtunnel-cni into the CNI bin dir and chain it into the node's primary CNI config.
+    /// Idempotent.
+    Install(InstallArgs),
+    /// Take meshtunnel off this node: remove the plugin entry from every CNI config and the
+    /// binary. Never part of a restart or upgrade (pods would then start uncaptured); run it
+    /// only when removing meshtunnel, e.g. from the DaemonSet's uninstall job.
+    Uninstall(DirArgs),
+    /// Run the agent: serve plugin requests, install, and keep the plugin chained until stopped.
+    /// Stopping does not uninstall. Until the Kubernetes watcher exists, every pod is answered
+    /// "not meshed".
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct DirArgs {
+    /// Directory the container runtime executes CNI plugins from.
+    #[arg(long, env = "CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// Directory holding the node's CNI configs; the lexically first one is chained.
+    #[arg(long, env = "CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct InstallArgs {
+    #[command(flatten)]
+    dirs: DirArgs,
+    /// meshtunnel-cni binary to copy [default: meshtunnel-cni beside this executable].
+    #[arg(long, env = "MESHTUNNEL_CNI_PLUGIN_BINARY")]
+    plugin_binary: Option<PathBuf>,
+    /// Unix socket the plugin asks the agent on (written into the plugin's config).
+    #[arg(long, env = "MESHTUNNEL_CNI_AGENT_SOCKET", default_value = DEFAULT_AGENT_SOCKET)]
+    agent_socket: PathBuf,
+    /// How long the plugin waits for the agent on ADD before failing the pod (milliseconds).
+    #[arg(long, env = "MESHTUNNEL_CNI_AGENT_TIMEOUT_MS", default_value_t = DEFAULT_AGENT_TIMEOUT_MS)]
+    agent_timeout_ms: u64,
+    /// The plugin's stderr log level.
+    #[arg(long, env = "MESHTUNNEL_CNI_LOG_LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug"])]
+    plugin_log_level: String,
+    /// Namespaces whose pods never wait for the agent (comma-separated).
+    #[arg(
+        long,
+        env = "MESHTUNNEL_CNI_EXCLUDE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    exclude_namespaces: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    install: InstallArgs,
+    /// How often to check that the plugin is still chained and installed (milliseconds).
+    #[arg(long, env = "MESHTUNNEL_CNI_RECHECK_MS", default_value_t = 5_000)]
+    recheck_ms: u64,
+}
+
+impl InstallArgs {
+    fn config(&self) -> anyhow::Result<InstallConfig> {
+        anyhow::ensure!(
+            self.agent_timeout_ms > 0,
+            "--agent-timeout-ms must be positive"
+        );
+        let plugin_binary = match &self.plugin_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("locating this executable")?
+                .with_file_name(install::PLUGIN_TYPE),
+        };
+        Ok(InstallConfig {
+            cni_bin_dir: self.dirs.cni_bin_dir.clone(),
+            cni_conf_dir: self.dirs.cni_conf_dir.clone(),
+            plugin_binary,
+            plugin: PluginSettings {
+                agent_socket: self.agent_socket.clone(),
+                agent_timeout_ms: self.agent_timeout_ms,
+                log_level: self.plugin_log_level.clone(),
+                exclude_namespaces: self
+                    .exclude_namespaces
+                    .iter()
+                    .filter(|n| !n.is_empty())
+                    .cloned()
+                    .collect(),
+            },
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Cmd::Install(args) => {
+            let report = install::install(&args.config()?)?;
+            if report.binary_copied {
+                println!("copied the plugin into {}", args.dirs.cni_bin_dir.display());
+            }
+            match report.conf {
+                install::ConfChange::Unchanged(p) => println!("already chained in {}", p.display()),
+                install::ConfChange::Chained(p) => println!("chained into {}", p.display()),
+                install::ConfChange::Converted { from, to } => {
+                    println!(
+                        "converted {} to {} and chained",
+                        from.display(),
+                        to.display()
+                    )
+                }
+            }
+            Ok(())
+        }
+        Cmd::Uninstall(dirs) => {
+            let report = install::uninstall(&dirs.cni_bin_dir, &dirs.cni_conf_dir)?;
+            for p in &report.unchained {
+                println!("removed the plugin entry from {}", p.display());
+            }
+            if report.binary_removed {
+                println!("removed the plugin from {}", dirs.cni_bin_dir.display());
+            }
+            Ok(())
+        }
+        Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(args)),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = args.install.config()?;
+    // Listen before chaining: from the moment the entry is in place, every new pod's ADD comes
+    // to this socket.
+    let server = PluginServer::bind(&cfg.plugin.agent_socket, Arc::new(NothingMeshedYet))
+        .with_context(|| format!("binding {}", cfg.plugin.agent_socket.display()))?;
+    match install::install(&cfg) {
+        Ok(report) => tracing::info!(?report, "meshtunnel-cni installed"),
+        // The primary CNI may simply not have written its config yet; the watcher retries.
+        Err(e @ InstallError::NoPrimaryConfig(_)) => tracing::warn!(error = %e, "waiting"),
+        Err(e) => return Err(e.into()),
+    }
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut stop_watch = stop_tx.subscribe();
+    let mut stop_serve = stop_tx.subscribe();
+    let watcher = tokio::spawn(install::watch(
+        cfg,
+        Duration::from_millis(args.recheck_ms.max(100)),
+        async move {
+            let _ = stop_watch.recv().await;
+        },
+    ));
+    let served = tokio::spawn(server.serve(async move {
+        let _ = stop_serve.recv().await;
+    }));
+    shutdown_signal().await;
+    tracing::info!("stopping; meshtunnel-cni stays installed so pods keep failing closed");
+    let _ = stop_tx.send(());
+    let _ = tokio::join!(watcher, served);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Stand-in until the Kubernetes watcher provides the real decision.
+struct NothingMeshedYet;
+
+impl Enroller for NothingMeshedYet {
+    async fn enroll(&self, req: EnrollRequest) -> Result<Decision, String> {
+        tracing::warn!(ns = %req.pod.namespace, pod = %req.pod.name,
+            "no pod selection yet; starting the pod outside the mesh");
+        Ok(Decision::NotMeshed)
+    }
+
+    async fn release(&self, _req: ReleaseRequest) {}
+}
