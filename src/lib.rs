@@ -1,12 +1,13 @@
 //! meshtunnel: the shared library behind the `ztunnel` binary (and, later, `waypoint` and
 //! `cni-agent`). Modules are grouped by the seam they own; see ARCHITECTURE.md for the data flow.
 
+pub mod app;
 pub mod config;
 pub mod copy;
 pub mod hbone;
 pub mod identity;
-pub mod logging;
 pub mod inpod;
+pub mod logging;
 pub mod proxy;
 pub mod readiness;
 pub mod redirect;

@@ -46,7 +46,10 @@ fn respond(req: &Request<Incoming>, check: &ReadyCheck) -> Response<Full<Bytes>>
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz/ready") => match check() {
             Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-            Err(why) => (StatusCode::INTERNAL_SERVER_ERROR, format!("not ready: {why}\n")),
+            Err(why) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("not ready: {why}\n"),
+            ),
         },
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };

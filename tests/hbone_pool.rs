@@ -29,7 +29,9 @@ async fn fixture(settings: H2Settings) -> Fixture {
     let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
     let tls = TlsContext::new(&[ca.root().clone()], "cluster.local").unwrap();
     let certs = CertManager::new(ca, Duration::from_secs(3600));
-    let server_cfg = tls.server_config(certs.get(&id("server")).unwrap()).unwrap();
+    let server_cfg = tls
+        .server_config(certs.get(&id("server")).unwrap())
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));

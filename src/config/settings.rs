@@ -48,7 +48,7 @@ pub struct Settings {
     /// pass. Decimal or 0x-hex; must match the CNI agent's rules.
     #[arg(
         long,
-        env = "INPOD_MARK",
+        env = "PACKET_MARK",
         value_name = "MARK",
         default_value = "1337",
         value_parser = parse_mark
@@ -182,7 +182,7 @@ mod tests {
         "NODE_NAME",
         "TRUST_DOMAIN",
         "CLUSTER_ID",
-        "INPOD_MARK",
+        "PACKET_MARK",
         "LOCAL_CA_DIR",
         "SECRET_TTL",
         "CONNECTION_TERMINATION_DEADLINE",
@@ -250,7 +250,7 @@ mod tests {
         let vars = [
             ("LOCAL_XDS_PATH", "/etc/zt.yaml"),
             ("NODE_NAME", "node-a"),
-            ("INPOD_MARK", "0x111"),
+            ("PACKET_MARK", "0x111"),
             ("SECRET_TTL", "24h0m0s"),
             ("CONNECTION_TERMINATION_DEADLINE", "500ms"),
             ("CONFIG_POLL_INTERVAL", "50ms"),

@@ -35,7 +35,10 @@ pub enum LocalTargets<'a> {
 }
 
 /// Validates a CONNECT aimed at a pod behind this listener and returns the target address.
-pub fn check_connect<B>(req: &Request<B>, local: LocalTargets<'_>) -> Result<SocketAddr, Rejection> {
+pub fn check_connect<B>(
+    req: &Request<B>,
+    local: LocalTargets<'_>,
+) -> Result<SocketAddr, Rejection> {
     if req.method() != Method::CONNECT {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,

@@ -104,7 +104,10 @@ async fn server_refuses_client_from_another_ca() {
         .unwrap();
     let (_, srv) = handshake(client, server).await;
     let err = srv.unwrap_err();
-    assert!(err.contains("UnknownIssuer") || err.contains("BadSignature"), "{err}");
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("BadSignature"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -54,12 +54,10 @@ impl TlsContext {
     /// Server side of 15008 for one pod: presents `cert`, requires a client cert from our
     /// roots whose SPIFFE id is in our trust domain.
     pub fn server_config(&self, cert: Arc<CertSlot>) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let inner = WebPkiClientVerifier::builder_with_provider(
-            self.roots.clone(),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         let verifier = Arc::new(TrustDomainClientVerifier {
             inner,
             trust_domain: self.trust_domain.clone(),

@@ -240,7 +240,10 @@ impl WorkloadManager {
         }
         let all = futures_util::future::join_all(lives.iter().map(|l| l.tracker.wait()));
         if tokio::time::timeout(deadline, all).await.is_err() {
-            tracing::warn!(?deadline, "drain deadline reached; closing remaining connections");
+            tracing::warn!(
+                ?deadline,
+                "drain deadline reached; closing remaining connections"
+            );
         }
         for l in &lives {
             l.close();

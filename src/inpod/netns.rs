@@ -35,15 +35,22 @@ pub fn host_netns() -> io::Result<OwnedFd> {
 }
 
 impl InpodNetns {
-    /// Takes ownership of `netns` after checking it really is a network namespace.
+    /// Takes ownership of `netns` after checking it really is a network namespace. The
+    /// kernel is asked (NS_GET_NSTYPE) rather than the fd's path, because an fd opened on a
+    /// bind mount such as /run/netns/X reads back as that path.
     pub fn new(host: Arc<OwnedFd>, netns: OwnedFd) -> Result<InpodNetns, NetnsError> {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", netns.as_raw_fd()))?;
-        let link = link.to_string_lossy().into_owned();
-        let inode = link
-            .strip_prefix("net:[")
-            .and_then(|s| s.strip_suffix(']'))
-            .and_then(|s| s.parse().ok())
-            .ok_or(NetnsError::NotNetns(link))?;
+        const NS_GET_NSTYPE: nix::libc::c_ulong = 0xb703;
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd's namespace type.
+        let kind = unsafe { nix::libc::ioctl(netns.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if kind != nix::libc::CLONE_NEWNET {
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", netns.as_raw_fd()))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_else(|e| e.to_string());
+            return Err(NetnsError::NotNetns(link));
+        }
+        let inode = nix::sys::stat::fstat(&netns)
+            .map_err(io::Error::from)?
+            .st_ino;
         Ok(InpodNetns { netns, host, inode })
     }
 

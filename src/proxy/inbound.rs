@@ -77,7 +77,11 @@ async fn stream(
         Err(_) => return,
     };
     match hbone::copy_bidirectional(app, send, req.into_body()).await {
-        Ok(m) => tracing::debug!(uid = %inputs.uid, %client, %target, sent = m.tcp_to_h2, received = m.h2_to_tcp, "inbound closed"),
-        Err(e) => tracing::debug!(uid = %inputs.uid, %client, %target, error = %e, "inbound ended with error"),
+        Ok(m) => {
+            tracing::debug!(uid = %inputs.uid, %client, %target, sent = m.tcp_to_h2, received = m.h2_to_tcp, "inbound closed")
+        }
+        Err(e) => {
+            tracing::debug!(uid = %inputs.uid, %client, %target, error = %e, "inbound ended with error")
+        }
     }
 }

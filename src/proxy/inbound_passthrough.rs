@@ -26,7 +26,11 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, client: TcpStream, src: Soc
     }
     .await;
     match result {
-        Ok((a, b)) => tracing::debug!(uid = %inputs.uid, %src, %dst, sent = a, received = b, "inbound plaintext closed"),
-        Err(e) => tracing::info!(uid = %inputs.uid, %src, %dst, error = %e, "inbound plaintext failed"),
+        Ok((a, b)) => {
+            tracing::debug!(uid = %inputs.uid, %src, %dst, sent = a, received = b, "inbound plaintext closed")
+        }
+        Err(e) => {
+            tracing::info!(uid = %inputs.uid, %src, %dst, error = %e, "inbound plaintext failed")
+        }
     }
 }

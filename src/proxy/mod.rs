@@ -95,7 +95,10 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
     let out = bind(inputs.ports.outbound)?;
     let hbone = bind(inputs.ports.hbone)?;
     let plain = bind(inputs.ports.inbound_plaintext)?;
-    let server = inputs.tls.server_config(inputs.cert.clone()).map_err(std::io::Error::other)?;
+    let server = inputs
+        .tls
+        .server_config(inputs.cert.clone())
+        .map_err(std::io::Error::other)?;
     let t = &inputs.life.tracker;
     t.spawn(accept_loop(inputs.clone(), out, {
         let (i, p) = (inputs.clone(), pool);

@@ -25,7 +25,10 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, pool: Pool, app: TcpStream,
         tracing::warn!(uid = %inputs.uid, %src, %dst, "refusing connection to a ztunnel port (loop)");
         return;
     }
-    let upstream = inputs.state.current().resolve(dst, &mut |n| rand::random_range(0..n));
+    let upstream = inputs
+        .state
+        .current()
+        .resolve(dst, &mut |n| rand::random_range(0..n));
     let result = match upstream {
         Err(e) => {
             tracing::warn!(uid = %inputs.uid, %src, %dst, error = %e, "no route");

@@ -42,7 +42,11 @@ impl SocketFactory for PlainSocketFactory {
 /// A non-blocking, close-on-exec TCP socket, marked when asked.
 pub fn new_tcp_socket(v6: bool, mark: Option<u32>) -> io::Result<Socket> {
     let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
-    let s = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        domain,
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
     if let Some(m) = mark {
         s.set_mark(m)?;
     }

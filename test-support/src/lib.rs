@@ -10,4 +10,4 @@ mod topology;
 
 pub use netns::{run_in, thread_in, ChildGuard, Netns};
 pub use prefix::unique_prefix;
-pub use topology::{NodeId, Pod, Topology};
+pub use topology::{NodeId, Pod, Topology, POD_IF, WIRE_IF};

@@ -1,0 +1,412 @@
+//! The two-node mesh fixture. Everything it makes (namespaces, rules, sockets, processes, the
+//! temp dir) is removed when it drops, also while a failing test unwinds.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use meshtunnel::identity::LocalCa;
+use meshtunnel::redirect::{self, Backend, RedirectConfig};
+use meshtunnel::zds::{WorkloadInfo, ZdsError, ZdsServer};
+use test_support::{run_in, unique_prefix, ChildGuard, Netns, NodeId, Topology};
+
+pub const NAMESPACE: &str = "demo";
+pub const TRUST_DOMAIN: &str = "cluster.local";
+pub const READINESS_PORT: u16 = 15021;
+
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    /// Topology pod name: a1, a2 (node A), b1, b2 (node B).
+    pub name: &'static str,
+    /// `HBONE` (meshed) or `TCP` (plain) in the config.
+    pub protocol: &'static str,
+    /// Capture rules installed and enrolled over ZDS.
+    pub meshed: bool,
+    /// Listed in the config file at start.
+    pub in_config: bool,
+    pub service_account: String,
+}
+
+impl PodSpec {
+    pub fn meshed(name: &'static str) -> Self {
+        PodSpec {
+            name,
+            protocol: "HBONE",
+            meshed: true,
+            in_config: true,
+            service_account: format!("sa-{name}"),
+        }
+    }
+
+    pub fn plain(name: &'static str) -> Self {
+        PodSpec {
+            protocol: "TCP",
+            meshed: false,
+            ..PodSpec::meshed(name)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    pub pods: Vec<PodSpec>,
+    pub backend: Backend,
+    pub log_level: String,
+    pub release_binary: bool,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            pods: vec![
+                PodSpec::meshed("a1"),
+                PodSpec::meshed("a2"),
+                PodSpec::meshed("b1"),
+                PodSpec::plain("b2"),
+            ],
+            backend: Backend::Nftables,
+            log_level: "info".into(),
+            release_binary: false,
+        }
+    }
+}
+
+pub struct Mesh {
+    // Field order is drop order: processes, then agent sockets, then namespaces, then files.
+    ztunnels: [Option<ChildGuard>; 2],
+    zds: [Option<ZdsServer>; 2],
+    pub topo: Topology,
+    pub dir: tempfile::TempDir,
+    pub opts: MeshOptions,
+    pub rt: tokio::runtime::Runtime,
+}
+
+fn idx(node: NodeId) -> usize {
+    match node {
+        NodeId::A => 0,
+        NodeId::B => 1,
+    }
+}
+
+fn node_name(node: NodeId) -> &'static str {
+    match node {
+        NodeId::A => "node-a",
+        NodeId::B => "node-b",
+    }
+}
+
+impl Mesh {
+    /// Builds the topology, writes config and CA, binds the agents' ZDS sockets, installs the
+    /// capture rules of meshed pods, starts both ztunnels and waits until they are ready.
+    pub fn start(opts: MeshOptions) -> Result<Mesh> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let topo = Topology::two_nodes(&unique_prefix())?;
+        let dir = tempfile::Builder::new()
+            .prefix("meshtunnel-e2e-")
+            .tempdir()?;
+        LocalCa::load_or_create(&dir.path().join("ca"), TRUST_DOMAIN)?;
+        let mut mesh = Mesh {
+            ztunnels: [None, None],
+            zds: [None, None],
+            topo,
+            dir,
+            opts,
+            rt,
+        };
+        mesh.write_config(&mesh.opts.pods.clone())?;
+        for node in [NodeId::A, NodeId::B] {
+            let path = mesh.zds_path(node);
+            let server = mesh.rt.block_on(async { ZdsServer::bind(&path) })?;
+            mesh.zds[idx(node)] = Some(server);
+        }
+        for pod in mesh.opts.pods.clone() {
+            if pod.meshed {
+                mesh.enroll(pod.name)?;
+            }
+        }
+        for node in [NodeId::A, NodeId::B] {
+            mesh.start_ztunnel(node)?;
+        }
+        for node in [NodeId::A, NodeId::B] {
+            mesh.wait_ready(node, Duration::from_secs(20))?;
+        }
+        Ok(mesh)
+    }
+
+    pub fn uid(&self, pod: &str) -> String {
+        format!("{}-uid-{pod}", self.topo.prefix())
+    }
+
+    pub fn pod_ns(&self, pod: &str) -> &Netns {
+        self.topo.pod_ns(pod)
+    }
+
+    pub fn pod_ip(&self, pod: &str) -> Ipv4Addr {
+        self.topo.pod_ip(pod)
+    }
+
+    pub fn addr(&self, pod: &str, port: u16) -> SocketAddr {
+        SocketAddr::from((self.pod_ip(pod), port))
+    }
+
+    pub fn node_of(&self, pod: &str) -> NodeId {
+        self.topo.pod(pod).node
+    }
+
+    pub fn spec(&self, pod: &str) -> &PodSpec {
+        self.opts
+            .pods
+            .iter()
+            .find(|p| p.name == pod)
+            .expect("pod in the mesh options")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    fn zds_path(&self, node: NodeId) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("zds-{}.sock", node_name(node)))
+    }
+
+    pub fn log_path(&self, node: NodeId) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("ztunnel-{}.log", node_name(node)))
+    }
+
+    /// ztunnel's log so far (for failure messages and the demo).
+    pub fn logs(&self, node: NodeId) -> String {
+        std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
+    }
+
+    /// Writes the local config file (upstream ztunnel's local-config schema) listing `pods`
+    /// that have `in_config`, plus a service `echo` (VIP 10.96.0.10:80 -> 8080) backed by b1.
+    pub fn write_config(&self, pods: &[PodSpec]) -> Result<()> {
+        let mut y = String::from("workloads:\n");
+        for p in pods.iter().filter(|p| p.in_config) {
+            let svc = if p.name == "b1" {
+                format!("    \"{NAMESPACE}/echo.{NAMESPACE}.svc.cluster.local\":\n      80: 8080\n")
+            } else {
+                String::new()
+            };
+            y += &format!(
+                "- uid: {uid}\n  name: {name}\n  namespace: {NAMESPACE}\n  serviceAccount: {sa}\n  trustDomain: {TRUST_DOMAIN}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n  network: \"\"\n  services:{empty}\n{svc}",
+                uid = self.uid(p.name),
+                name = p.name,
+                sa = p.service_account,
+                ip = self.pod_ip(p.name),
+                proto = p.protocol,
+                node = node_name(self.node_of(p.name)),
+                empty = if svc.is_empty() { " {}" } else { "" },
+            );
+        }
+        y += &format!(
+            "services:\n- name: echo\n  namespace: {NAMESPACE}\n  hostname: echo.{NAMESPACE}.svc.cluster.local\n  vips: [\"/10.96.0.10\"]\n  ports:\n    80: 8080\n  subjectAltNames: []\n"
+        );
+        // Write-then-rename: the watcher must never read half a file.
+        let tmp = self.dir.path().join("config.yaml.tmp");
+        std::fs::write(&tmp, y)?;
+        std::fs::rename(&tmp, self.config_path())?;
+        Ok(())
+    }
+
+    fn ztunnel_bin(&self) -> Result<PathBuf> {
+        find_binary("ztunnel", self.opts.release_binary)
+    }
+
+    pub fn start_ztunnel(&mut self, node: NodeId) -> Result<()> {
+        let bin = self.ztunnel_bin()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(node))?;
+        let mut cmd = self
+            .topo
+            .node(node)
+            .command(bin.to_str().unwrap_or("ztunnel"));
+        cmd.env_clear()
+            .env("LOCAL_XDS_PATH", self.config_path())
+            .env("INPOD_UDS", self.zds_path(node))
+            .env("NODE_NAME", node_name(node))
+            .env("TRUST_DOMAIN", TRUST_DOMAIN)
+            .env("LOCAL_CA_DIR", self.ca_dir())
+            .env("RUST_LOG", &self.opts.log_level)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.ztunnels[idx(node)] = Some(self.topo.node(node).spawn_command(cmd)?);
+        Ok(())
+    }
+
+    /// Stops ztunnel on `node` (SIGKILL: the crash case) and waits for it.
+    pub fn kill_ztunnel(&mut self, node: NodeId) {
+        self.ztunnels[idx(node)] = None;
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
+    pub fn terminate_ztunnel(
+        &mut self,
+        node: NodeId,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let mut guard = self.ztunnels[idx(node)]
+            .take()
+            .context("ztunnel not running")?;
+        let pid = nix::unistd::Pid::from_raw(guard.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = guard.child_mut().try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("ztunnel did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn ztunnel_pid(&mut self, node: NodeId) -> Option<u32> {
+        self.ztunnels[idx(node)].as_mut().map(|c| c.id())
+    }
+
+    /// Open file descriptors of ztunnel on `node`.
+    pub fn ztunnel_fds(&mut self, node: NodeId) -> Result<usize> {
+        let pid = self.ztunnel_pid(node).context("ztunnel not running")?;
+        Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+    }
+
+    /// Installs the pod's capture rules and hands its netns to its node's ztunnel.
+    pub fn enroll(&self, pod: &str) -> Result<()> {
+        let ns = self.pod_ns(pod);
+        redirect::install(&ns.path(), self.opts.backend, &RedirectConfig::default())
+            .with_context(|| format!("installing capture rules in {pod}"))?;
+        let info = WorkloadInfo {
+            name: pod.to_owned(),
+            namespace: NAMESPACE.to_owned(),
+            service_account: self.spec(pod).service_account.clone(),
+        };
+        let zds = self.zds[idx(self.node_of(pod))]
+            .as_ref()
+            .context("no ZDS server")?;
+        match self
+            .rt
+            .block_on(zds.add(&self.uid(pod), info, ns.open_fd()?))
+        {
+            // Recorded; the ztunnel gets it in its snapshot when it connects.
+            Ok(()) | Err(ZdsError::NotConnected) => Ok(()),
+            Err(e) => bail!("ZDS add of {pod}: {e}"),
+        }
+    }
+
+    /// Tells the node's ztunnel the pod is gone (ZDS Del), leaving its rules in place.
+    pub fn del(&self, pod: &str) -> Result<()> {
+        let zds = self.zds[idx(self.node_of(pod))]
+            .as_ref()
+            .context("no ZDS server")?;
+        self.rt
+            .block_on(zds.del(&self.uid(pod)))
+            .with_context(|| format!("ZDS del of {pod}"))
+    }
+
+    pub fn zds(&self, node: NodeId) -> &ZdsServer {
+        self.zds[idx(node)].as_ref().expect("ZDS server bound")
+    }
+
+    /// GET /healthz/ready on the node's ztunnel: (status code, body).
+    pub fn readiness(&self, node: NodeId) -> Result<(u16, String)> {
+        run_in(self.topo.node(node), || -> Result<(u16, String)> {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT)),
+                Duration::from_secs(1),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)?;
+            let code = resp
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .context("malformed HTTP response")?;
+            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+            Ok((code, body))
+        })
+    }
+
+    pub fn wait_ready(&self, node: NodeId, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            match self.readiness(node) {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => last = format!("{code} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "ztunnel on {} not ready after {timeout:?}: {last}\n--- log ---\n{}",
+            node_name(node),
+            self.logs(node)
+        )
+    }
+}
+
+/// Finds a workspace binary next to the running executable (target/<profile>/NAME), or from
+/// `$MESHTUNNEL_BIN_DIR`. Binaries are built by the test and demo scripts first.
+pub fn find_binary(name: &str, release: bool) -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("MESHTUNNEL_BIN_DIR") {
+        let p = Path::new(&dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    let exe = std::env::current_exe()?;
+    let mut candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join(name))
+        .collect();
+    if let Some(target) = exe.ancestors().find(|d| d.ends_with("target")) {
+        let profile = if release { "release" } else { "debug" };
+        candidates.insert(0, target.join(profile).join(name));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "binary {name} not found near {}: run `cargo build{} --bins` first",
+                exe.display(),
+                if release { " --release" } else { "" }
+            )
+        })
+}
+
+/// Runs a command and returns its stdout; an error carries stderr.
+pub fn run_cmd(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
