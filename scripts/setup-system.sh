@@ -3,7 +3,7 @@
 # apt is only touched when something is missing.
 set -euo pipefail
 
-packages=(iproute2 iptables nftables tshark iperf3 procps)
+packages=(iproute2 iptables nftables tshark iperf3 procps containernetworking-plugins)
 
 missing=()
 for p in "${packages[@]}"; do

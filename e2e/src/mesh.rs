@@ -28,6 +28,9 @@ pub struct PodSpec {
     /// Listed in the config file at start.
     pub in_config: bool,
     pub service_account: String,
+    /// The service account the agent reports over ZDS, when it should differ from the config
+    /// (an impostor: ztunnel then presents a certificate its peers do not expect).
+    pub zds_service_account: Option<String>,
 }
 
 impl PodSpec {
@@ -38,6 +41,7 @@ impl PodSpec {
             meshed: true,
             in_config: true,
             service_account: format!("sa-{name}"),
+            zds_service_account: None,
         }
     }
 
@@ -297,7 +301,11 @@ impl Mesh {
         let info = WorkloadInfo {
             name: pod.to_owned(),
             namespace: NAMESPACE.to_owned(),
-            service_account: self.spec(pod).service_account.clone(),
+            service_account: self
+                .spec(pod)
+                .zds_service_account
+                .clone()
+                .unwrap_or_else(|| self.spec(pod).service_account.clone()),
         };
         let zds = self.zds[idx(self.node_of(pod))]
             .as_ref()

@@ -72,6 +72,8 @@ async fn stream(
             return;
         }
     };
+    tracing::debug!(uid = %inputs.uid, %peer, client_identity = %client, server_identity = %inputs.identity,
+        %target, "HBONE tunnel accepted");
     let send = match respond.send_response(Response::new(()), false) {
         Ok(s) => s,
         Err(_) => return,

@@ -38,6 +38,9 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, pool: Pool, app: TcpStream,
         Ok(Upstream::Workload { workload, addr, .. }) => match workload.protocol {
             Protocol::Tcp => plain(&inputs, app, addr).await,
             Protocol::Hbone => {
+                tracing::debug!(uid = %inputs.uid, %src, %dst, target = %addr,
+                    src_identity = %inputs.identity, dst_identity = %workload.identity(),
+                    "opening HBONE tunnel");
                 let key = PoolKey::new(
                     inputs.identity.clone(),
                     vec![workload.identity()],

@@ -1,0 +1,91 @@
+//! Pod and ztunnel lifecycle with real processes: Del, crash + restart, SIGTERM, readiness.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meshtunnel_e2e::apps::{connect_from, echo_exact, random_bytes, EchoServer};
+use meshtunnel_e2e::{Mesh, MeshOptions};
+use test_support::NodeId;
+
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+#[test]
+fn after_del_the_pod_is_no_longer_proxied() {
+    let mesh = Mesh::start(MeshOptions::default()).unwrap();
+    let echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
+    let conn = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080)).unwrap();
+    echo_exact(conn, b"before del").unwrap();
+    assert_eq!(echo.peers().len(), 1);
+
+    mesh.del("a1").unwrap();
+    // The capture rules are still in a1, but nothing listens on 15001 there any more.
+    let result = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080))
+        .and_then(|c| echo_exact(c, b"after del"));
+    assert!(result.is_err(), "a1 still proxied after Del");
+    assert_eq!(echo.peers().len(), 1, "a connection reached b1 after Del");
+    // Other pods are unaffected.
+    let conn = connect_from(mesh.pod_ns("a2"), mesh.addr("b1", 8080)).unwrap();
+    echo_exact(conn, b"a2 still meshed").unwrap();
+}
+
+#[test]
+fn killed_ztunnel_serves_every_pod_again_after_restart_and_snapshot() {
+    let mut mesh = Mesh::start(MeshOptions::default()).unwrap();
+    let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
+    mesh.kill_ztunnel(NodeId::B);
+    mesh.start_ztunnel(NodeId::B).unwrap();
+    mesh.wait_ready(NodeId::B, Duration::from_secs(20)).unwrap();
+    for client in ["a1", "a2"] {
+        let conn = connect_from(mesh.pod_ns(client), mesh.addr("b1", 8080)).unwrap();
+        echo_exact(conn, &random_bytes(256 * 1024)).unwrap();
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let mut mesh = Mesh::start(MeshOptions::default()).unwrap();
+    let status = mesh
+        .terminate_ztunnel(NodeId::A, Duration::from_secs(15))
+        .unwrap();
+    assert!(status.success(), "ztunnel exited with {status}");
+}
+
+#[test]
+fn short_and_half_closed_connections_leave_no_fds_behind() {
+    let mut mesh = Mesh::start(MeshOptions::default()).unwrap();
+    let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
+    let dst = mesh.addr("b1", 8080);
+    // Warm the pool so the baseline includes the pooled HBONE connection.
+    echo_exact(connect_from(mesh.pod_ns("a1"), dst).unwrap(), b"warm").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = mesh.ztunnel_fds(NodeId::A).unwrap();
+
+    // 10,000 short connections and 1,000 that half-close at once and read to EOF, from 4
+    // client threads.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let mesh = &mesh;
+            s.spawn(move || {
+                for i in 0..2_750 {
+                    let c = connect_from(mesh.pod_ns("a1"), dst).unwrap();
+                    let payload: &[u8] = if (i + t) % 11 == 0 { b"" } else { b"ping" };
+                    echo_exact(c, payload).unwrap();
+                }
+            });
+        }
+    });
+    let mut now = 0;
+    for _ in 0..50 {
+        now = mesh.ztunnel_fds(NodeId::A).unwrap();
+        if now <= baseline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        now <= baseline,
+        "ztunnel A holds {now} fds, baseline {baseline}"
+    );
+}
