@@ -7,5 +7,5 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 scripts/setup-system.sh
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 exec target/release/demo
