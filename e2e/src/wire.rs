@@ -33,6 +33,8 @@ pub struct Summary {
 impl Capture {
     /// Starts capturing TCP on `iface` inside `ns` into `file`.
     pub fn start(ns: &Netns, iface: &str, file: PathBuf) -> Result<Capture> {
+        // A stale file would make the readiness check below pass before tshark is capturing.
+        let _ = std::fs::remove_file(&file);
         let mut cmd = ns.command("tshark");
         cmd.args(["-q", "-B", "64", "-i", iface, "-f", "tcp", "-w"])
             .arg(&file)
