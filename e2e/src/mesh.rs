@@ -283,12 +283,12 @@ impl Mesh {
         }
     }
 
-    pub fn ztunnel_pid(&mut self, node: NodeId) -> Option<u32> {
-        self.ztunnels[idx(node)].as_mut().map(|c| c.id())
+    pub fn ztunnel_pid(&self, node: NodeId) -> Option<u32> {
+        self.ztunnels[idx(node)].as_ref().map(|c| c.id())
     }
 
     /// Open file descriptors of ztunnel on `node`.
-    pub fn ztunnel_fds(&mut self, node: NodeId) -> Result<usize> {
+    pub fn ztunnel_fds(&self, node: NodeId) -> Result<usize> {
         let pid = self.ztunnel_pid(node).context("ztunnel not running")?;
         Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
     }

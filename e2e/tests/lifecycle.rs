@@ -54,7 +54,7 @@ fn sigterm_drains_and_exits_cleanly() {
 
 #[test]
 fn short_and_half_closed_connections_leave_no_fds_behind() {
-    let mut mesh = Mesh::start(MeshOptions::default()).unwrap();
+    let mesh = Mesh::start(MeshOptions::default()).unwrap();
     let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
     let dst = mesh.addr("b1", 8080);
     // Warm the pool so the baseline includes the pooled HBONE connection.
