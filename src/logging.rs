@@ -1,14 +1,17 @@
-//! Process-wide tracing setup. `RUST_LOG` wins over the configured level so an operator can
-//! raise one module's verbosity without editing the manifest.
+//! Process-wide tracing setup. `RUST_LOG` (the `--log-level` setting) picks verbosity per
+//! module; `--log-format json` gives one JSON object per line for log pipelines.
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+use crate::config::LogFormat;
+
+pub fn init(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

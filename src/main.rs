@@ -11,7 +11,7 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    meshtunnel::logging::init(&cli.settings.log_level);
+    meshtunnel::logging::init(&cli.settings.log_level, cli.settings.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -89,3 +89,43 @@ fn short_and_half_closed_connections_leave_no_fds_behind() {
         "ztunnel A holds {now} fds, baseline {baseline}"
     );
 }
+
+#[test]
+fn a_pod_netns_deleted_under_ztunnel_goes_away_cleanly() {
+    use meshtunnel::zds::WorkloadInfo;
+    let mesh = Mesh::start(MeshOptions::default()).unwrap();
+    let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
+    let baseline = mesh.ztunnel_fds(NodeId::B).unwrap();
+
+    let doomed = test_support::Netns::create(&format!("{}-x", mesh.topo.prefix())).unwrap();
+    let info = WorkloadInfo {
+        name: "doomed".into(),
+        namespace: "demo".into(),
+        service_account: "doomed".into(),
+    };
+    let uid = format!("{}-uid-doomed", mesh.topo.prefix());
+    mesh.rt
+        .block_on(
+            mesh.zds(NodeId::B)
+                .add(&uid, info, doomed.open_fd().unwrap()),
+        )
+        .unwrap();
+    assert!(mesh.ztunnel_fds(NodeId::B).unwrap() > baseline);
+    drop(doomed); // `ip netns del` while ztunnel still has listeners inside
+    mesh.rt.block_on(mesh.zds(NodeId::B).del(&uid)).unwrap();
+
+    let mut now = usize::MAX;
+    for _ in 0..50 {
+        now = mesh.ztunnel_fds(NodeId::B).unwrap();
+        if now <= baseline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        now <= baseline,
+        "ztunnel B holds {now} fds, baseline {baseline}"
+    );
+    let conn = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080)).unwrap();
+    echo_exact(conn, b"others unaffected").unwrap();
+}

@@ -72,3 +72,24 @@ impl InpodNetns {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_a_netns_and_refuses_other_fds() {
+        let host = Arc::new(host_netns().unwrap());
+        let ns: OwnedFd = std::fs::File::open("/proc/self/ns/net").unwrap().into();
+        let expected = nix::sys::stat::fstat(&ns).unwrap().st_ino;
+        assert_eq!(InpodNetns::new(host.clone(), ns).unwrap().inode(), expected);
+        let file: OwnedFd = std::fs::File::open("/proc/self/status").unwrap().into();
+        let err = InpodNetns::new(host.clone(), file).unwrap_err();
+        assert!(err.to_string().contains("not a network namespace"), "{err}");
+        let uts: OwnedFd = std::fs::File::open("/proc/self/ns/uts").unwrap().into();
+        assert!(
+            InpodNetns::new(host, uts).is_err(),
+            "a UTS namespace passed as netns"
+        );
+    }
+}
