@@ -20,7 +20,7 @@ mod seqpacket;
 mod server;
 
 pub use client::{run_client, WorkloadHandler, DEFAULT_SOCKET_PATH};
-pub use protocol::WorkloadInfo;
+pub use protocol::{Event, Protocol, ProtocolError, WorkloadInfo};
 pub use server::{ZdsError, ZdsServer};
 
 /// Bare seqpacket sockets with fd passing, for tests and tools that speak ZDS by hand.
