@@ -127,10 +127,9 @@ impl Pool {
         };
         let guard = StreamGuard { conn: conn.clone() };
         let result = async {
-            let mut send = conn.send.clone().ready().await.map_err(h2_io)?;
-            let (resp, stream) = send.send_request(req, false).map_err(h2_io)?;
-            let response = resp.await.map_err(h2_io)?;
-            Ok::<_, std::io::Error>((response, stream))
+            let mut send = conn.send.clone().ready().await?;
+            let (resp, stream) = send.send_request(req, false)?;
+            Ok::<_, h2::Error>((resp.await?, stream))
         }
         .await;
         match result {
@@ -140,11 +139,12 @@ impl Pool {
                 guard,
             }),
             Err(e) => {
-                // Not the request's fault alone: a broken connection must not be handed out again.
-                if conn.send.clone().ready().await.is_err() {
+                // A connection-level failure must not be handed out again; a refused or reset
+                // stream leaves the connection usable.
+                if e.is_io() || e.is_go_away() {
                     conn.closed.store(true, Ordering::Release);
                 }
-                Err(e)
+                Err(h2_io(e))
             }
         }
     }
