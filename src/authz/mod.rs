@@ -5,8 +5,12 @@
 //! Semantics follow upstream Istio ztunnel: any matching DENY denies; with no ALLOW policy
 //! the connection is allowed; otherwise some ALLOW must match. Dry-run policies never change
 //! the verdict; the ones that would have are listed in [`Decision::dry_run`].
+//!
+//! Enforcement ([`LiveConns`]): the inbound proxies admit each connection through their pod's
+//! registry, which also closes admitted connections that a policy change no longer allows.
 
 mod eval;
+mod live;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -14,6 +18,7 @@ use std::net::IpAddr;
 use crate::identity::Identity;
 
 pub use eval::evaluate;
+pub use live::{recheck_on_change, Admitted, LiveConns};
 
 /// What the decision looks at for one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
