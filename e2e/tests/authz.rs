@@ -162,9 +162,9 @@ fn deny_beats_allow_no_allow_allows_unmatched_allow_denies() {
     ) + &policy("deny-a1", "Deny", false, &principal_rule("a1"));
     apply(&mesh, &both);
     let reached = from_ip(&echo, a1);
-    let before_401 = count(&log(&mesh, NodeId::A), "401");
+    let before_401 = count(&log(&mesh, NodeId::A), "answered 401 Unauthorized");
     assert_eq!(attempt(&mesh, "a1"), Outcome::Closed, "{}", logs(&mesh));
-    wait_log(&mesh, NodeId::A, "401", before_401);
+    wait_log(&mesh, NodeId::A, "answered 401 Unauthorized", before_401);
     assert_eq!(attempt(&mesh, "a2"), Outcome::Echoed, "{}", logs(&mesh));
     // b2 is plaintext: no identity, so the ALLOW cannot match.
     assert_eq!(attempt(&mesh, "b2"), Outcome::Closed, "{}", logs(&mesh));
@@ -191,9 +191,9 @@ fn deny_beats_allow_no_allow_allows_unmatched_allow_denies() {
             &format!("[[[{{sourceIps: [{b2_net}]}}]]]"),
         );
     apply(&mesh, &allow_a2);
-    let before_401 = count(&log(&mesh, NodeId::A), "401");
+    let before_401 = count(&log(&mesh, NodeId::A), "answered 401 Unauthorized");
     assert_eq!(attempt(&mesh, "a1"), Outcome::Closed, "{}", logs(&mesh));
-    wait_log(&mesh, NodeId::A, "401", before_401);
+    wait_log(&mesh, NodeId::A, "answered 401 Unauthorized", before_401);
     assert_eq!(attempt(&mesh, "a2"), Outcome::Echoed, "{}", logs(&mesh));
     assert_eq!(attempt(&mesh, "b2"), Outcome::Echoed, "{}", logs(&mesh));
     assert_eq!(

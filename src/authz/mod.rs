@@ -31,13 +31,16 @@ pub struct ConnInfo {
     pub dst_port: u16,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Allow,
     Deny,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serializes as `{verdict: "allow"|"deny", decided_by: [key, rule] | null, reason, dry_run}`
+/// for admin/debug output.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Decision {
     pub verdict: Verdict,
     /// The policy (`namespace/name`) and rule index that decided; `None` = the default

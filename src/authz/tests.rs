@@ -492,3 +492,17 @@ fn identity_without_matching_trust_domain_fails_principals_only() {
     );
     assert!(d.allowed(), "{d:?}");
 }
+
+#[test]
+fn decisions_serialize_for_debug_output() {
+    let d = decide(&pol("d", "Namespace", "Deny", WEB_RULE), &web());
+    assert_eq!(
+        serde_json::to_value(&d).unwrap(),
+        serde_json::json!({
+            "verdict": "deny",
+            "decided_by": ["demo/d", 0],
+            "reason": "DENY policy demo/d matched (rule 0)",
+            "dry_run": [],
+        })
+    );
+}
