@@ -119,13 +119,17 @@ impl LiveConns {
             return 0;
         };
         let entries: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
+        // Connections of one client pod to one port share their ConnInfo: decide each once.
+        let mut decided: HashMap<&ConnInfo, Option<Decision>> = HashMap::new();
         let mut revoked = 0;
-        for e in entries {
+        for e in &entries {
             if e.revoke.is_cancelled() {
                 continue;
             }
-            let d = evaluate(snapshot, dst, &e.conn);
-            if d.verdict == Verdict::Deny {
+            let denial = decided.entry(&e.conn).or_insert_with(|| {
+                Some(evaluate(snapshot, dst, &e.conn)).filter(|d| d.verdict == Verdict::Deny)
+            });
+            if let Some(d) = denial {
                 tracing::info!(%uid, src = %e.conn.src_ip, src_identity = %Identity(&e.conn),
                     dst = %dst_addr(&e.conn), policy = %Policy(&d), reason = %d.reason,
                     "open connection closed: no longer allowed by authorization policy");

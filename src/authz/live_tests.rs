@@ -91,3 +91,18 @@ async fn recheck_task_ends_with_its_pod() {
         .expect("re-check task outlived its pod")
         .unwrap();
 }
+
+#[test]
+fn recheck_revokes_every_connection_sharing_a_denied_conn_info() {
+    let state = State::new(config(""));
+    let live = LiveConns::new();
+    let same: Vec<Admitted> = (0..3)
+        .map(|_| live.admit(&state, "dst", conn(81), "test").unwrap())
+        .collect();
+    let other = live.admit(&state, "dst", conn(80), "test").unwrap();
+    assert_eq!(live.recheck(&config(&deny_port(81)), "dst"), 3);
+    assert!(same.iter().all(|a| a.revoke.is_cancelled()));
+    assert!(!other.revoke.is_cancelled());
+    // Already revoked connections are not counted again.
+    assert_eq!(live.recheck(&config(&deny_port(81)), "dst"), 0);
+}

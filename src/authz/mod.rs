@@ -21,7 +21,7 @@ pub use eval::evaluate;
 pub use live::{recheck_on_change, Admitted, LiveConns};
 
 /// What the decision looks at for one connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnInfo {
     pub src_ip: IpAddr,
     /// The verified mTLS peer (HBONE); `None` for plaintext, where no identity field can
