@@ -131,7 +131,7 @@ impl LiveConns {
             });
             if let Some(d) = denial {
                 tracing::info!(%uid, src = %e.conn.src_ip, src_identity = %Identity(&e.conn),
-                    dst = %dst_addr(&e.conn), policy = %Policy(&d), reason = %d.reason,
+                    dst = %dst_addr(&e.conn), policy = %Policy(d), reason = %d.reason,
                     "open connection closed: no longer allowed by authorization policy");
                 e.revoke.cancel();
                 revoked += 1;
