@@ -171,9 +171,13 @@ async fn recheck_loop(
             continue;
         }
         let snapshot = state.current();
-        let n = live.recheck(&snapshot, &uid);
-        if n > 0 {
-            tracing::debug!(%uid, revoked = n, "policy re-check done");
+        // Thousands of connections under thousands of policies take milliseconds or more:
+        // off the async workers, so the pod's traffic keeps moving meanwhile.
+        let (l, u) = (live.clone(), uid.clone());
+        match tokio::task::spawn_blocking(move || l.recheck(&snapshot, &u)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(%uid, revoked = n, "policy re-check done"),
+            Err(e) => tracing::error!(%uid, error = %e, "policy re-check failed"),
         }
     }
 }
