@@ -11,12 +11,14 @@ use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
 use super::{connect, ProxyInputs};
+use crate::authz::{ConnInfo, LiveConns};
 use crate::hbone::{self, check_connect, LocalTargets};
 use crate::identity::{peer_identity, Identity};
 
 pub(super) async fn handle(
     inputs: Arc<ProxyInputs>,
     server: Arc<rustls::ServerConfig>,
+    live: Arc<LiveConns>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
@@ -33,7 +35,14 @@ pub(super) async fn handle(
     let stop = inputs.life.force_close.clone();
     let h2 = inputs.h2.clone();
     let result = hbone::serve_connection(tls, &h2, stop, |req, respond| {
-        stream(inputs.clone(), client.clone(), peer, req, respond)
+        stream(
+            inputs.clone(),
+            live.clone(),
+            client.clone(),
+            peer,
+            req,
+            respond,
+        )
     })
     .await;
     if let Err(e) = result {
@@ -43,6 +52,7 @@ pub(super) async fn handle(
 
 async fn stream(
     inputs: Arc<ProxyInputs>,
+    live: Arc<LiveConns>,
     client: Identity,
     peer: SocketAddr,
     req: Request<RecvStream>,
@@ -62,6 +72,15 @@ async fn stream(
         }
     };
     drop(snapshot);
+    let Ok(admitted) = live.admit(
+        &inputs.state,
+        &inputs.uid,
+        conn_info(&client, peer, target),
+        "hbone",
+    ) else {
+        hbone::reject(respond, StatusCode::UNAUTHORIZED);
+        return;
+    };
     // The outer connection comes from the client pod's own namespace, so its source IP is the
     // client pod's IP: that is what the app should see.
     let app = match connect(inputs.factory.as_ref(), target, Some(peer.ip())).await {
@@ -78,12 +97,30 @@ async fn stream(
         Ok(s) => s,
         Err(_) => return,
     };
-    match hbone::copy_bidirectional(app, send, req.into_body()).await {
-        Ok(m) => {
+    // A policy re-check may revoke the stream; dropping the copy resets it (RST_STREAM).
+    match admitted
+        .run(hbone::copy_bidirectional(app, send, req.into_body()))
+        .await
+    {
+        None => {
+            tracing::debug!(uid = %inputs.uid, %client, %target, "inbound revoked by policy re-check")
+        }
+        Some(Ok(m)) => {
             tracing::debug!(uid = %inputs.uid, %client, %target, sent = m.tcp_to_h2, received = m.h2_to_tcp, "inbound closed")
         }
-        Err(e) => {
+        Some(Err(e)) => {
             tracing::debug!(uid = %inputs.uid, %client, %target, error = %e, "inbound ended with error")
         }
+    }
+}
+
+/// The outer connection comes from the client pod's own namespace, so its source IP is the
+/// client pod's IP: the one policies (and the app) see.
+fn conn_info(client: &Identity, peer: SocketAddr, target: SocketAddr) -> ConnInfo {
+    ConnInfo {
+        src_ip: peer.ip().to_canonical(),
+        src_identity: Some(client.clone()),
+        dst_ip: target.ip().to_canonical(),
+        dst_port: target.port(),
     }
 }
