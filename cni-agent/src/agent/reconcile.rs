@@ -123,6 +123,12 @@ impl Reconciler {
         let delay = {
             let mut known = self.state.known();
             let retry = known.retries.entry(key.clone()).or_default();
+            // Several triggers for one pod can fail at once; one attempt is counted (and one
+            // retry scheduled) per backoff period.
+            if retry.scheduled {
+                debug!(pod = %key, reason = %why, "failed again; retry already scheduled");
+                return;
+            }
             retry.attempts += 1;
             let exp = retry.attempts.saturating_sub(1).min(20);
             let delay = self
@@ -132,9 +138,6 @@ impl Reconciler {
                 .min(self.cfg.retry_max);
             warn!(pod = %key, attempt = retry.attempts, retry_in = ?delay, reason = %why,
                 "pod not reconciled; will retry");
-            if retry.scheduled {
-                return;
-            }
             retry.scheduled = true;
             delay
         };

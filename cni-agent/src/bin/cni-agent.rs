@@ -233,6 +233,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Registered first: a SIGTERM during start-up (copying the plugin can take a while) must
+    // still mean a clean stop, not death by the default action.
+    let stop_signal = shutdown_signal()?;
     let cfg = args.install.config()?;
     let agent_cfg = args.agent.config()?;
     let client = args.agent.client().await?;
@@ -260,7 +263,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let served = tokio::spawn(server.serve(async move {
         let _ = stop_serve.recv().await;
     }));
-    shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("stopping; meshtunnel-cni stays installed so pods keep failing closed");
     let _ = stop_tx.send(());
     let _ = tokio::join!(watcher, served);
@@ -268,11 +271,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
