@@ -91,6 +91,66 @@ fn add_captures_before_answering_and_unlabelled_is_not_meshed() {
     assert_eq!(reply.error, None);
     assert!(start.elapsed() < Duration::from_secs(5));
     wait_for("ztunnel Del", || zt.got_del(&meshed.uid));
+    zt.clear();
+    // The sandbox is going away: its netns (still there for a moment, with the pod's IP) is
+    // not re-enrolled by the watch, although the pod object is still labelled.
+    node.label_pod("mesh", "app", Some("ambient"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        zt.got_add(&meshed.uid).is_none(),
+        "released pod enrolled again\n{}",
+        node.log()
+    );
+    node.stop_agent();
+}
+
+#[test]
+fn add_for_a_pod_the_watch_has_not_seen_yet() {
+    let mut node = Node::new("iptables");
+    node.create_namespace("mesh", true);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    node.start_agent();
+    node.wait_watching();
+    // As the kubelet sees it: the pod was just created, Pending, no IP yet; the runtime builds
+    // the sandbox and calls CNI ADD at once.
+    let netns = TestPod::create(&format!("{}-fresh", node.prefix), node.next_ip());
+    let created = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "fresh", "namespace": "mesh"},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+    let pod = TestPod {
+        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+        namespace: "mesh".into(),
+        name: "fresh".into(),
+        ..netns
+    };
+    let reply = replied(add(&node, &pod, pod.netns.path().to_str().unwrap()));
+    assert_eq!(reply.error, None, "{}", node.log());
+    assert!(reply.mesh && pod.captured());
+    match zt.got_add(&pod.uid) {
+        Some(node::ZEvent::Add { sa, inode, .. }) => {
+            assert_eq!(inode, pod.inode());
+            assert_eq!(sa, "default", "no serviceAccountName means \"default\"");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A runtime asking for a uid the API does not have fails the ADD.
+    let stranger = TestPod {
+        uid: "00000000-0000-0000-0000-000000000000".into(),
+        namespace: "mesh".into(),
+        name: "fresh".into(),
+        ..TestPod::create(&format!("{}-stranger", node.prefix), node.next_ip())
+    };
+    let reply = replied(add(
+        &node,
+        &stranger,
+        stranger.netns.path().to_str().unwrap(),
+    ));
+    assert!(reply.error.is_some_and(|e| e.contains("uid")));
+    assert!(!stranger.captured());
     node.stop_agent();
 }
 
