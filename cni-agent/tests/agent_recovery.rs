@@ -137,3 +137,34 @@ fn nacked_pod_is_pending_until_ztunnel_takes_it() {
     });
     node.stop_agent();
 }
+
+#[test]
+fn finished_pod_is_released_without_touching_the_pod_that_reused_its_ip() {
+    let mut node = Node::new("iptables");
+    node.create_namespace("jobs", true);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    // A new pod got the IP of a finished one (IPAM reuses addresses once a sandbox is gone).
+    let new = node.running_pod("jobs", "new", json!({}), json!({}));
+    let old = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "old", "namespace": "jobs",
+                "annotations": {node::ANNOTATION: "enabled"}},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Succeeded", "podIP": new.ip.to_string()}}))
+        .unwrap();
+    let old_uid = old["metadata"]["uid"].as_str().unwrap().to_owned();
+    node.start_agent();
+    wait_for("the finished pod's annotation removed", || {
+        node.annotation("jobs", "old").is_none()
+    });
+    wait_for("the new pod captured", || captured_and_enabled(&node, &new));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        captured_and_enabled(&node, &new),
+        "releasing the finished pod removed the new pod's rules\n{}",
+        node.log()
+    );
+    assert!(zt.got_add(&old_uid).is_none());
+    node.stop_agent();
+}

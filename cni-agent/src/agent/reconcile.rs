@@ -226,7 +226,7 @@ impl Reconciler {
     ) -> Result<(), Failure> {
         let key = PodKey::of(pod);
         let annotation = selection::redirection_annotation(pod);
-        let (netns, tracked) = match self.find_netns(pod, uid, cni_netns).await {
+        let (netns, tracked) = match self.find_netns(pod, uid, cni_netns, true).await {
             Ok(found) => found,
             Err(FindError::NoIp) => return Err(Failure::Waiting("the pod has no IP yet".into())),
             Err(FindError::Netns(e)) => return Err(Failure::Retry(e.to_string())),
@@ -293,11 +293,21 @@ impl Reconciler {
 
     /// The unenrol sequence; the caller holds the pod's lock. `pod` is `None` once it is deleted.
     pub async fn unenrol(&self, key: &PodKey, uid: &str, pod: Option<&Pod>) -> Result<(), Failure> {
-        let tracked = self.state.known().tracked.get(uid).cloned();
+        let (tracked, released) = {
+            let known = self.state.known();
+            (
+                known.tracked.get(uid).cloned(),
+                known.released.contains_key(uid),
+            )
+        };
+        // Searching by IP is only safe while the pod's sandbox can still hold that IP: once
+        // the sandbox is torn down (CNI DEL, or the pod finished) the IP may already belong to
+        // another pod, whose rules must not be removed.
+        let search = !released && pod.is_some_and(|p| !selection::is_finished(p));
         let netns = match tracked.map(|t| t.netns) {
             Some(n) if n.reopen().is_ok() => Some(n),
             _ => match pod {
-                Some(p) => match self.find_netns(p, uid, None).await {
+                Some(p) => match self.find_netns(p, uid, None, search).await {
                     Ok((n, _)) => Some(n),
                     Err(FindError::Netns(e @ NetnsError::Ambiguous { .. })) => {
                         return Err(Failure::Retry(e.to_string()))
@@ -346,6 +356,7 @@ impl Reconciler {
         pod: &Pod,
         uid: &str,
         cni_netns: Option<&Path>,
+        search_by_ip: bool,
     ) -> Result<(NetnsRef, Option<Tracked>), FindError> {
         let (tracked, remembered) = {
             let known = self.state.known();
@@ -369,7 +380,7 @@ impl Reconciler {
             }
         }
         let ips = pod_ips(pod);
-        if ips.is_empty() {
+        if ips.is_empty() || !search_by_ip {
             return Err(FindError::NoIp);
         }
         let (dir, proc) = (self.cfg.netns_dir.clone(), self.cfg.proc_dir.clone());
