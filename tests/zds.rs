@@ -602,7 +602,10 @@ fn snapshot_waits_until_ready_and_synced_connections_count() {
         // Connected, but the agent is still resyncing: no snapshot, and adds are only recorded.
         let held = tokio::time::timeout(Duration::from_millis(300), zt.recv()).await;
         assert!(held.is_err(), "snapshot sent before mark_ready");
-        let err = server.add("p1", info("p1"), netns()).await.expect_err("held");
+        let err = server
+            .add("p1", info("p1"), netns())
+            .await
+            .expect_err("held");
         assert!(matches!(err, ZdsError::NotConnected), "{err}");
         assert_eq!(*synced.borrow_and_update(), 0);
 
@@ -629,7 +632,10 @@ fn dropping_a_server_leaves_a_newer_servers_socket() {
         // An upgrade: the new agent binds the same path while the old one is still running.
         let new = ZdsServer::bind(dir.sock()).expect("bind new");
         drop(old);
-        assert!(dir.sock().exists(), "old server removed the new server's socket");
+        assert!(
+            dir.sock().exists(),
+            "old server removed the new server's socket"
+        );
         drop(new);
         assert!(!dir.sock().exists());
     });

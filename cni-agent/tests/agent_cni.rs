@@ -203,6 +203,43 @@ fn add_for_a_vanished_netns_fails_cleanly_and_agent_keeps_serving() {
 }
 
 #[test]
+fn netns_vanishing_after_ztunnel_acked_fails_the_add_and_removes_the_pod() {
+    let mut node = Node::new("iptables");
+    node.create_namespace("mesh", true);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    node.start_agent();
+    node.wait_watching();
+    // No IP in the API, so only the ADD can capture it.
+    let pod = TestPod::create(&format!("{}-brief", node.prefix), node.next_ip());
+    let created = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "brief", "namespace": "mesh"},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+    let pod = TestPod {
+        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+        namespace: "mesh".into(),
+        name: "brief".into(),
+        ..pod
+    };
+    zt.delete_netns_on_add(&pod.uid, pod.netns.name());
+    let reply = replied(add(&node, &pod, pod.netns.path().to_str().unwrap()));
+    let err = reply.error.expect("ADD must fail when the netns vanished");
+    assert!(err.contains("replaced or removed"), "{err}");
+    assert!(
+        zt.got_del(&pod.uid),
+        "ztunnel kept a proxy for an uncaptured pod"
+    );
+    // Still serving.
+    let ok = node.running_pod("mesh", "ok", json!({}), json!({}));
+    let reply = replied(add(&node, &ok, ok.netns.path().to_str().unwrap()));
+    assert_eq!(reply.error, None, "{}", node.log());
+    node.stop_agent();
+}
+
+#[test]
 fn pod_opted_out_and_host_network_are_never_touched() {
     let mut node = Node::new("iptables");
     node.create_namespace("mesh", true);
