@@ -5,12 +5,14 @@
 //! * [`watch`] — the watch caches; every change becomes a reconcile trigger.
 //! * [`reconcile`] — desired vs actual per pod, the enrol/unenrol sequences, retries.
 //! * [`enrol`] — the steps: ZDS to ztunnel, in-pod redirect rules.
-//! * [`netns`] — finding a pod's netns (CNI path, or by its IP) and holding on to it.
+//! * [`netns`] — finding a pod's netns (CNI path, or by its IP) and holding on to it;
+//!   [`cgroup`] tells which pod a process belongs to.
 //! * [`annotate`] — the `ambient.istio.io/redirection` annotation.
 //! * [`cni`] — CNI ADD/DEL from the plugin socket.
 //! * [`state`] — what was done to which pod, and per-pod locks.
 
 mod annotate;
+mod cgroup;
 mod cni;
 mod enrol;
 mod netns;

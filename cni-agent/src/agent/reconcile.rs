@@ -232,7 +232,7 @@ impl Reconciler {
             Err(FindError::Netns(e)) => return Err(Failure::Retry(e.to_string())),
         };
         if let Some(t) = &tracked {
-            if t.phase == Phase::Enrolled && t.netns == netns {
+            if t.phase == Phase::Enrolled && t.netns.same_as(&netns) {
                 if annotation != Some(ENABLED) {
                     self.annotate(&key, Some(ENABLED)).await?;
                 }
@@ -384,7 +384,8 @@ impl Reconciler {
             return Err(FindError::NoIp);
         }
         let (dir, proc) = (self.cfg.netns_dir.clone(), self.cfg.proc_dir.clone());
-        match tokio::task::spawn_blocking(move || netns::discover(&ips, &dir, &proc)).await {
+        let uid = uid.to_owned();
+        match tokio::task::spawn_blocking(move || netns::discover(&uid, &ips, &dir, &proc)).await {
             Ok(found) => Ok((found.map_err(FindError::Netns)?, tracked)),
             Err(e) => Err(FindError::Netns(NetnsError::Open {
                 path: self.cfg.netns_dir.clone(),
