@@ -168,3 +168,26 @@ fn finished_pod_is_released_without_touching_the_pod_that_reused_its_ip() {
     assert!(zt.got_add(&old_uid).is_none());
     node.stop_agent();
 }
+
+#[test]
+fn pending_pods_go_to_ztunnel_as_soon_as_it_connects() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("app", true);
+    let a = node.running_pod("app", "a", json!({}), json!({}));
+    // Backoff so long that only the connection notification can capture in time.
+    node.extra_env = vec![
+        ("MESHTUNNEL_RETRY_MIN_MS", "60000"),
+        ("MESHTUNNEL_RETRY_MAX_MS", "60000"),
+    ];
+    node.start_agent();
+    wait_for("annotation pending", || {
+        node.annotation("app", "a").as_deref() == Some("pending")
+    });
+    let zt = FakeZtunnel::start(&node.zds_path());
+    wait_for(
+        "capture on ztunnel's arrival, not at the next retry",
+        || captured_and_enabled(&node, &a),
+    );
+    assert!(zt.got_add(&a.uid).is_some());
+    node.stop_agent();
+}
