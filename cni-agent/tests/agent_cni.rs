@@ -274,3 +274,98 @@ fn pod_opted_out_and_host_network_are_never_touched() {
     let _ = AMBIENT;
     node.stop_agent();
 }
+
+/// The installed `meshtunnel-cni` binary, called the way a runtime calls a chained plugin.
+fn run_plugin(node: &Node, command: &str, pod: &TestPod, prev: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let stdin = format!(
+        r#"{{"cniVersion":"0.4.0","name":"ptp-net","type":"meshtunnel-cni","agent_socket":{:?},"prevResult":{prev}}}"#,
+        node.plugin_socket().to_str().unwrap()
+    );
+    let mut child = Command::new(node.root().join("bin/meshtunnel-cni"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("c-{}", pod.name))
+        .env("CNI_NETNS", pod.netns.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", node.root().join("bin"))
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                pod.namespace, pod.name, pod.uid
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_real_plugin_binary_captures_on_add_and_releases_on_del() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("mesh", true);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    node.start_agent();
+    wait_for("the plugin installed by the agent", || {
+        node.root().join("bin/meshtunnel-cni").exists()
+    });
+    node.wait_watching();
+    let pod = TestPod::create(&format!("{}-plug", node.prefix), node.next_ip());
+    let created = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "plug", "namespace": "mesh"},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+    let pod = TestPod {
+        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+        namespace: "mesh".into(),
+        name: "plug".into(),
+        ..pod
+    };
+    let prev = format!(
+        r#"{{"cniVersion":"0.4.0","ips":[{{"version":"4","address":"{}/24"}}]}}"#,
+        pod.ip
+    );
+    let (ok, out) = run_plugin(&node, "ADD", &pod, &prev);
+    assert!(ok, "plugin ADD failed: {out}\n{}", node.log());
+    assert!(pod.captured(), "ADD succeeded before capture");
+    assert!(zt.got_add(&pod.uid).is_some());
+
+    let (ok, out) = run_plugin(&node, "DEL", &pod, &prev);
+    assert!(ok, "plugin DEL failed: {out}");
+    wait_for("ztunnel Del", || zt.got_del(&pod.uid));
+
+    // Without ztunnel the plugin fails the ADD: the pod must not start uncaptured.
+    drop(zt);
+    let other = TestPod::create(&format!("{}-plug2", node.prefix), node.next_ip());
+    let created = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "plug2", "namespace": "mesh"},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+    let other = TestPod {
+        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+        namespace: "mesh".into(),
+        name: "plug2".into(),
+        ..other
+    };
+    wait_for("the agent to see ztunnel go", || {
+        node.log().contains("ztunnel disconnected")
+    });
+    let (ok, out) = run_plugin(&node, "ADD", &other, &prev);
+    assert!(!ok, "ADD succeeded without ztunnel: {out}");
+    assert!(!other.captured());
+    node.stop_agent();
+}
