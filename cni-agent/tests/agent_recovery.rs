@@ -21,12 +21,15 @@ fn agent_restart_keeps_pods_captured_and_catches_up() {
     let mut node = Node::new("nftables");
     node.create_namespace("app", true);
     node.create_namespace("later", false);
+    node.create_namespace("leaving", true);
     let a = node.running_pod("app", "a", json!({}), json!({}));
     let b = node.running_pod("app", "b", json!({}), json!({}));
     let c = node.running_pod("later", "c", json!({}), json!({}));
+    let d = node.running_pod("leaving", "d", json!({}), json!({}));
+    let d_before = d.rules();
     let zt = FakeZtunnel::start(&node.zds_path());
     node.start_agent();
-    for p in [&a, &b] {
+    for p in [&a, &b, &d] {
         wait_for(&format!("{} captured", p.name), || {
             captured_and_enabled(&node, p)
         });
@@ -35,8 +38,9 @@ fn agent_restart_keeps_pods_captured_and_catches_up() {
 
     node.stop_agent();
     zt.clear();
-    // While the agent is away: a namespace is labelled.
+    // While the agent is away: one namespace is labelled, another one unlabelled.
     node.label_namespace("later", Some(AMBIENT));
+    node.label_namespace("leaving", None);
     node.start_agent();
 
     wait_for("ztunnel's snapshot from the new agent", || {
@@ -50,8 +54,15 @@ fn agent_restart_keeps_pods_captured_and_catches_up() {
             p.name
         );
     }
+    assert!(
+        !first.contains(&d.uid),
+        "snapshot {first:?} names a pod no longer for the mesh"
+    );
     wait_for("the pod labelled during the outage captured", || {
         captured_and_enabled(&node, &c)
+    });
+    wait_for("the pod unlabelled during the outage released", || {
+        d.rules() == d_before && node.annotation("leaving", "d").is_none()
     });
     assert_eq!(
         (nft_handles(&a), nft_handles(&b)),

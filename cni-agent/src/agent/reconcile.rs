@@ -141,9 +141,11 @@ impl Reconciler {
             retry.scheduled = true;
             delay
         };
-        let this = self.clone();
+        // Weak: a stopped agent must not be kept alive (with its ZDS socket) by pending timers.
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            let Some(this) = weak.upgrade() else { return };
             if let Some(r) = this.state.known().retries.get_mut(&key) {
                 r.scheduled = false;
             }
