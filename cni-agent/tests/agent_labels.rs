@@ -148,3 +148,34 @@ fn watch_relist_after_410_gone_keeps_reconciling() {
     });
     node.stop_agent();
 }
+
+#[test]
+fn a_dozen_pods_follow_their_namespace_label() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("bulk", false);
+    let pods: Vec<_> = (0..12)
+        .map(|i| node.running_pod("bulk", &format!("p{i}"), json!({}), json!({})))
+        .collect();
+    let zt = FakeZtunnel::start(&node.zds_path());
+    node.start_agent();
+    node.wait_watching();
+    let start = Instant::now();
+    node.label_namespace("bulk", Some(AMBIENT));
+    wait_for("all 12 captured", || {
+        pods.iter()
+            .all(|p| p.captured() && node.annotation("bulk", &p.name).as_deref() == Some("enabled"))
+    });
+    eprintln!("12 pods captured in {:?} after the label", start.elapsed());
+    let start = Instant::now();
+    node.label_namespace("bulk", None);
+    wait_for("all 12 released", || {
+        pods.iter().all(|p| {
+            zt.got_del(&p.uid) && !p.captured() && node.annotation("bulk", &p.name).is_none()
+        })
+    });
+    eprintln!(
+        "12 pods released in {:?} after the unlabel",
+        start.elapsed()
+    );
+    node.stop_agent();
+}
