@@ -107,6 +107,8 @@ fn add_captures_before_answering_and_unlabelled_is_not_meshed() {
 #[test]
 fn add_for_a_pod_the_watch_has_not_seen_yet() {
     let mut node = Node::new("iptables");
+    // The uid mismatch below waits this long for the cache before asking the API.
+    node.extra_env = vec![("MESHTUNNEL_CNI_POD_WAIT_MS", "1000")];
     node.create_namespace("mesh", true);
     let zt = FakeZtunnel::start(&node.zds_path());
     node.start_agent();
@@ -333,7 +335,7 @@ fn the_real_plugin_binary_captures_on_add_and_releases_on_del() {
         ..pod
     };
     let prev = format!(
-        r#"{{"cniVersion":"0.4.0","ips":[{{"version":"4","address":"{}/24"}}]}}"#,
+        r#"{{"cniVersion":"0.4.0","ips":[{{"version":"4","address":"{}/28"}}]}}"#,
         pod.ip
     );
     let (ok, out) = run_plugin(&node, "ADD", &pod, &prev);
