@@ -108,7 +108,7 @@ fn add_captures_before_answering_and_unlabelled_is_not_meshed() {
 fn add_for_a_pod_the_watch_has_not_seen_yet() {
     let mut node = Node::new("iptables");
     // The uid mismatch below waits this long for the cache before asking the API.
-    node.extra_env = vec![("MESHTUNNEL_CNI_POD_WAIT_MS", "1000")];
+    node.extra_env = vec![("MESHTUNNEL_CNI_POD_WAIT_MS", "1000".into())];
     node.create_namespace("mesh", true);
     let zt = FakeZtunnel::start(&node.zds_path());
     node.start_agent();

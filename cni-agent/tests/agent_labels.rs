@@ -179,3 +179,45 @@ fn a_dozen_pods_follow_their_namespace_label() {
     );
     node.stop_agent();
 }
+
+#[test]
+fn netns_found_through_a_process_or_not_outside_the_scope() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("shop", false);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    let pod = node.running_pod("shop", "web", json!({}), json!({}));
+    // A process lives in the pod's netns, like a pause container.
+    let _pause = pod.netns.spawn("sleep", &["600"]).unwrap();
+    // Search an empty netns dir: only /proc/PID/ns/net can lead to the pod.
+    let empty = node.root().join("no-netns");
+    std::fs::create_dir_all(&empty).unwrap();
+    node.extra_env = vec![("MESHTUNNEL_NETNS_DIR", empty.to_str().unwrap().to_owned())];
+    node.start_agent();
+    node.wait_watching();
+    node.label_namespace("shop", Some(AMBIENT));
+    wait_for("capture found through the process", || {
+        pod.captured() && node.annotation("shop", "web").as_deref() == Some("enabled")
+    });
+    match zt.got_add(&pod.uid) {
+        Some(ZEvent::Add { inode, .. }) => assert_eq!(inode, pod.inode()),
+        other => panic!("{other:?}"),
+    }
+    assert!(node.log().contains("/ns/net"), "not found through /proc");
+    node.stop_agent();
+
+    // With /proc off and nothing in scope, the pod cannot be found: retried, never guessed.
+    node.label_namespace("shop", None);
+    let other = node.running_pod("shop", "db", json!({}), json!({}));
+    node.extra_env = vec![
+        ("MESHTUNNEL_NETNS_DIR", empty.to_str().unwrap().to_owned()),
+        ("MESHTUNNEL_NETNS_SCAN_PROC", "false".into()),
+    ];
+    node.start_agent();
+    node.label_pod("shop", "db", Some(AMBIENT));
+    wait_for("the agent to say it found no netns", || {
+        node.log()
+            .contains("no network namespace has the pod's IPs")
+    });
+    assert!(!other.captured());
+    node.stop_agent();
+}

@@ -187,8 +187,8 @@ fn pending_pods_go_to_ztunnel_as_soon_as_it_connects() {
     let a = node.running_pod("app", "a", json!({}), json!({}));
     // Backoff so long that only the connection notification can capture in time.
     node.extra_env = vec![
-        ("MESHTUNNEL_RETRY_MIN_MS", "60000"),
-        ("MESHTUNNEL_RETRY_MAX_MS", "60000"),
+        ("MESHTUNNEL_RETRY_MIN_MS", "60000".into()),
+        ("MESHTUNNEL_RETRY_MAX_MS", "60000".into()),
     ];
     node.start_agent();
     wait_for("annotation pending", || {

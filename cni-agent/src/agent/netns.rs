@@ -98,17 +98,34 @@ pub fn fd_path(file: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
+/// Where [`discover`] looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// Bind-mounted netns files (runtimes put pod sandboxes' here).
+    pub netns_dir: PathBuf,
+    /// Only entries of `netns_dir` whose name starts with this.
+    pub name_prefix: String,
+    /// Also every process's `PID/ns/net` under this dir (normally `/proc`); `None` to search
+    /// `netns_dir` only.
+    pub proc_dir: Option<PathBuf>,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            netns_dir: "/var/run/netns".into(),
+            name_prefix: String::new(),
+            proc_dir: Some("/proc".into()),
+        }
+    }
+}
+
 /// Finds the one netns that has any of `ips` on an interface and is not known to be another
 /// pod's: a netns whose processes sit in the cgroup of a different pod uid is skipped, so an IP
 /// already reused by a new pod cannot make the old pod's uid capture the new pod. Blocking (it
 /// scans `/proc` and enters namespaces on a helper thread); call from a blocking context.
-pub fn discover(
-    uid: &str,
-    ips: &[IpAddr],
-    netns_dir: &Path,
-    proc_dir: &Path,
-) -> Result<NetnsRef, NetnsError> {
-    let own = File::open(proc_dir.join("self/ns/net"))
+pub fn discover(uid: &str, ips: &[IpAddr], scope: &Discovery) -> Result<NetnsRef, NetnsError> {
+    let own = File::open("/proc/self/ns/net")
         .and_then(|f| f.metadata())
         .map(|m| (m.dev(), m.ino()))
         .ok();
@@ -130,12 +147,22 @@ pub fn discover(
         }
     };
     // Bind mounts first so that, for a netns reachable both ways, the stable path is kept.
-    if let Ok(dir) = std::fs::read_dir(netns_dir) {
+    if let Ok(dir) = std::fs::read_dir(&scope.netns_dir) {
         for entry in dir.flatten() {
-            consider(entry.path(), Vec::new());
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&scope.name_prefix)
+            {
+                consider(entry.path(), Vec::new());
+            }
         }
     }
-    if let Ok(dir) = std::fs::read_dir(proc_dir) {
+    let procs = scope
+        .proc_dir
+        .as_ref()
+        .and_then(|p| std::fs::read_dir(p).ok());
+    if let Some(dir) = procs {
         for entry in dir.flatten() {
             let name = entry.file_name();
             if name

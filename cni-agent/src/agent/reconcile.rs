@@ -385,12 +385,12 @@ impl Reconciler {
         if ips.is_empty() || !search_by_ip {
             return Err(FindError::NoIp);
         }
-        let (dir, proc) = (self.cfg.netns_dir.clone(), self.cfg.proc_dir.clone());
+        let scope = self.cfg.discovery.clone();
         let uid = uid.to_owned();
-        match tokio::task::spawn_blocking(move || netns::discover(&uid, &ips, &dir, &proc)).await {
+        match tokio::task::spawn_blocking(move || netns::discover(&uid, &ips, &scope)).await {
             Ok(found) => Ok((found.map_err(FindError::Netns)?, tracked)),
             Err(e) => Err(FindError::Netns(NetnsError::Open {
-                path: self.cfg.netns_dir.clone(),
+                path: self.cfg.discovery.netns_dir.clone(),
                 source: std::io::Error::other(e.to_string()),
             })),
         }

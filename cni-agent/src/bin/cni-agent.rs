@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use cni_agent::agent::{Agent, AgentConfig};
+use cni_agent::agent::{Agent, AgentConfig, Discovery};
 use cni_agent::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_AGENT_TIMEOUT_MS};
 use cni_agent::install::{self, InstallConfig, InstallError, PluginSettings};
 use cni_agent::server::PluginServer;
@@ -111,6 +111,15 @@ struct AgentArgs {
     /// must be found by its IP (pods that were running before the agent saw their CNI ADD).
     #[arg(long, env = "MESHTUNNEL_NETNS_DIR", default_value = "/var/run/netns")]
     netns_dir: PathBuf,
+    /// Only netns files in --netns-dir whose name starts with this are searched (e.g. a test
+    /// run's own prefix, when several "nodes" share one machine).
+    #[arg(long, env = "MESHTUNNEL_NETNS_PREFIX", default_value = "")]
+    netns_prefix: String,
+    /// Also search every process's /proc/PID/ns/net (needs the host PID namespace). Turn off
+    /// where other nodes' pods run on the same machine with the same IPs (tests, demo).
+    #[arg(long, env = "MESHTUNNEL_NETNS_SCAN_PROC", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    netns_scan_proc: bool,
     /// The first wait before retrying to capture (or release) a pod (milliseconds); it doubles
     /// with every failure up to --retry-max-ms. A ztunnel connecting retries at once anyway.
     #[arg(long, env = "MESHTUNNEL_RETRY_MIN_MS", default_value_t = 200)]
@@ -141,7 +150,11 @@ impl AgentArgs {
         cfg.ztunnel_uds = self.ztunnel_uds.clone();
         cfg.backend = backend;
         cfg.redirect = RedirectConfig::default();
-        cfg.netns_dir = self.netns_dir.clone();
+        cfg.discovery = Discovery {
+            netns_dir: self.netns_dir.clone(),
+            name_prefix: self.netns_prefix.clone(),
+            proc_dir: self.netns_scan_proc.then(|| "/proc".into()),
+        };
         cfg.retry_max = Duration::from_millis(self.retry_max_ms);
         cfg.retry_base = Duration::from_millis(self.retry_min_ms);
         cfg.pod_wait = Duration::from_millis(self.pod_wait_ms);

@@ -55,7 +55,7 @@ pub struct Node {
     agent: Option<ChildGuard>,
     pub backend: &'static str,
     /// Environment for the agent on top of the defaults (set before start_agent).
-    pub extra_env: Vec<(&'static str, &'static str)>,
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 impl Node {
@@ -118,7 +118,9 @@ impl Node {
             .env("KUBECONFIG", root.join("kubeconfig"))
             .env("ZTUNNEL_UDS_ADDRESS", self.zds_path())
             .env("MESHTUNNEL_REDIRECT_BACKEND", self.backend)
-            .env("MESHTUNNEL_RETRY_MAX_MS", "1000");
+            .env("MESHTUNNEL_RETRY_MAX_MS", "1000")
+            // Only this test's pods are candidates in the netns dir.
+            .env("MESHTUNNEL_NETNS_PREFIX", &self.prefix);
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
