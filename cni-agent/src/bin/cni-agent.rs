@@ -98,7 +98,8 @@ struct AgentArgs {
     /// This node's name: only pods with this spec.nodeName are watched and captured.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Kubeconfig to reach the API server [default: KUBECONFIG, else in-cluster, else ~/.kube/config].
+    /// Kubeconfig(s) to reach the API server, colon-separated like kubectl's
+    /// [default: in-cluster, else ~/.kube/config].
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// The ZDS socket the agent listens on and ztunnel connects to.
@@ -163,12 +164,21 @@ impl AgentArgs {
 
     async fn client(&self) -> anyhow::Result<kube::Client> {
         let config = match &self.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Some(paths) => {
+                // Like kubectl, a colon-separated list is merged (earlier files win).
+                let mut merged: Option<kube::config::Kubeconfig> = None;
+                for path in std::env::split_paths(paths) {
+                    let kc = kube::config::Kubeconfig::read_from(&path)
+                        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                    merged = Some(match merged {
+                        Some(m) => m.merge(kc)?,
+                        None => kc,
+                    });
+                }
+                let kc = merged.context("--kubeconfig is empty")?;
                 kube::Config::from_custom_kubeconfig(kc, &Default::default())
                     .await
-                    .with_context(|| format!("using kubeconfig {}", path.display()))?
+                    .with_context(|| format!("using kubeconfig {}", paths.display()))?
             }
             None => kube::Config::infer()
                 .await
