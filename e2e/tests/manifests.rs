@@ -1,0 +1,199 @@
+//! The shipped manifests against the shipped binaries: a DaemonSet that sets a variable no binary
+//! reads, or two components that disagree on a socket path, fails here rather than on a cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use meshtunnel_e2e::mesh::find_binary;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+fn load(file: &str) -> Vec<Value> {
+    let path = manifests_dir().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect()
+}
+
+/// The single container of a DaemonSet's pod template.
+fn container(ds: &Value) -> &Value {
+    let containers = ds["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers");
+    assert_eq!(containers.len(), 1, "one container per DaemonSet");
+    &containers[0]
+}
+
+fn env(c: &Value) -> BTreeMap<String, Option<String>> {
+    c["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["name"].as_str().expect("env name").to_owned(),
+                e["value"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// The environment variables a binary's `--help` documents (clap prints `[env: NAME=...]`).
+fn documented_env(binary: &str, args: &[&str]) -> BTreeSet<String> {
+    let bin = find_binary(binary, false).expect("build the binaries first: cargo build --bins");
+    let out = Command::new(&bin)
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("running --help");
+    assert!(out.status.success(), "{binary} {args:?} --help failed");
+    let help = String::from_utf8_lossy(&out.stdout);
+    help.split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().expect("env name").to_owned())
+        .collect()
+}
+
+/// The command a DaemonSet runs: binary name and arguments.
+fn command(c: &Value) -> (String, Vec<String>) {
+    let cmd: Vec<String> = c["command"]
+        .as_sequence()
+        .expect("command")
+        .iter()
+        .map(|v| v.as_str().expect("string").to_owned())
+        .collect();
+    let bin = Path::new(&cmd[0])
+        .file_name()
+        .expect("binary name")
+        .to_string_lossy()
+        .into_owned();
+    (bin, cmd[1..].to_vec())
+}
+
+fn check_env_is_read(ds: &Value) -> BTreeMap<String, Option<String>> {
+    let c = container(ds);
+    let (bin, args) = command(c);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let known = documented_env(&bin, &args);
+    let set = env(c);
+    for name in set.keys() {
+        assert!(
+            known.contains(name),
+            "{}: {name} is set but `{bin} {} --help` reads no such variable (it reads {known:?})",
+            ds["metadata"]["name"].as_str().unwrap_or("?"),
+            args.join(" ")
+        );
+    }
+    set
+}
+
+#[test]
+fn daemonsets_set_only_variables_the_binaries_read() {
+    let ztunnel = load("ztunnel.yaml");
+    let agent = load("cni-agent.yaml");
+    let zt_env = check_env_is_read(kind(&ztunnel, "DaemonSet")[0]);
+    let agent_env = check_env_is_read(kind(&agent, "DaemonSet")[0]);
+
+    // The agent listens for ZDS where ztunnel connects.
+    assert_eq!(
+        zt_env["INPOD_UDS"], agent_env["ZTUNNEL_UDS_ADDRESS"],
+        "ztunnel's INPOD_UDS and the agent's ZTUNNEL_UDS_ADDRESS must be the same socket"
+    );
+    assert!(zt_env.contains_key("NODE_NAME") && agent_env.contains_key("NODE_NAME"));
+}
+
+/// Both DaemonSets mount the ZDS socket's directory from the same host path.
+#[test]
+fn zds_socket_directory_is_shared_through_the_host() {
+    let host_path_of = |file: &str, var: &str| -> String {
+        let docs = load(file);
+        let ds = kind(&docs, "DaemonSet")[0];
+        let c = container(ds);
+        let socket = env(c)[var].clone().expect("literal value");
+        let dir = Path::new(&socket).parent().expect("socket dir").to_owned();
+        let mount = c["volumeMounts"]
+            .as_sequence()
+            .expect("volumeMounts")
+            .iter()
+            .find(|m| Path::new(m["mountPath"].as_str().unwrap_or_default()) == dir)
+            .unwrap_or_else(|| panic!("{file}: nothing mounted at {}", dir.display()));
+        let volume = ds["spec"]["template"]["spec"]["volumes"]
+            .as_sequence()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mount's volume");
+        volume["hostPath"]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: the ZDS socket dir is not a hostPath"))
+            .to_owned()
+    };
+    assert_eq!(
+        host_path_of("ztunnel.yaml", "INPOD_UDS"),
+        host_path_of("cni-agent.yaml", "ZTUNNEL_UDS_ADDRESS")
+    );
+}
+
+#[test]
+fn readiness_probe_hits_the_port_ztunnel_serves() {
+    let docs = load("ztunnel.yaml");
+    let c = container(kind(&docs, "DaemonSet")[0]);
+    let probe_port = c["readinessProbe"]["httpGet"]["port"]
+        .as_u64()
+        .expect("probe port");
+    let bin = find_binary("ztunnel", false).expect("ztunnel binary");
+    let help = Command::new(bin).arg("--help").output().expect("--help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains(&format!(":{probe_port}]")),
+        "ztunnel's default readiness address is not on port {probe_port}:\n{help}"
+    );
+}
+
+#[test]
+fn agent_may_watch_namespaces_and_patch_pods() {
+    let docs = load("cni-agent.yaml");
+    let role = kind(&docs, "ClusterRole")[0];
+    let allows = |resource: &str, verb: &str| {
+        role["rules"].as_sequence().expect("rules").iter().any(|r| {
+            let has = |field: &str, want: &str| {
+                r[field]
+                    .as_sequence()
+                    .is_some_and(|s| s.iter().any(|v| v.as_str() == Some(want)))
+            };
+            has("resources", resource) && has("verbs", verb)
+        })
+    };
+    for (resource, verb) in [
+        ("pods", "watch"),
+        ("pods", "list"),
+        ("pods", "get"),
+        ("pods", "patch"),
+        ("namespaces", "watch"),
+        ("namespaces", "list"),
+    ] {
+        assert!(
+            allows(resource, verb),
+            "ClusterRole lacks {verb} on {resource}"
+        );
+    }
+    let binding = kind(&docs, "ClusterRoleBinding")[0];
+    let sa = kind(&docs, "ServiceAccount")[0];
+    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
+    assert_eq!(
+        kind(&docs, "DaemonSet")[0]["spec"]["template"]["spec"]["serviceAccountName"],
+        sa["metadata"]["name"]
+    );
+}
