@@ -99,6 +99,21 @@ fn pod_label_deletion_and_completion() {
     }
     assert!(!other.captured() && zt.got_add(&other.uid).is_none());
 
+    // Terminating (graceful deletion under way): the pod drains with its capture in place.
+    node.api
+        .merge_patch(
+            kube_standin::Resource::Pod,
+            Some("plain"),
+            "solo",
+            &json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        solo.captured() && !zt.got_del(&solo.uid),
+        "a terminating pod must stay captured until it is gone"
+    );
+
     // Deleted from the API: rules out of the (still existing) netns, ztunnel told.
     node.api
         .delete(kube_standin::Resource::Pod, Some("plain"), "solo")

@@ -48,7 +48,9 @@ pub fn select(pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>, node: &st
     {
         return Selection::Skip("has an Istio sidecar");
     }
-    if meta.deletion_timestamp.is_some() {
+    // A terminating pod keeps its capture while it drains (its connections stay on mTLS until
+    // the sandbox goes, as upstream); one not yet captured is not worth capturing now.
+    if meta.deletion_timestamp.is_some() && redirection_annotation(pod) != Some(ENABLED) {
         return Selection::Skip("terminating");
     }
     if is_finished(pod) {
