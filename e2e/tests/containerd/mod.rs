@@ -10,6 +10,7 @@ mod cleanup;
 mod config;
 mod cri;
 mod image;
+pub mod mesh;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,6 +117,11 @@ impl CriNode {
 
     fn state_dir(&self) -> PathBuf {
         self.root.join("state")
+    }
+
+    /// Where the CRI bind-mounts sandbox netns files (`netns_mounts_under_state_dir`).
+    pub fn sandbox_netns_dir(&self) -> PathBuf {
+        self.state_dir().join("io.containerd.grpc.v1.cri/netns")
     }
 
     pub fn containerd_log_path(&self) -> PathBuf {
