@@ -3,11 +3,13 @@
 
 mod containerd;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use containerd::mesh::{exec_in, NodeMesh, AGENT_TIMEOUT_MS};
+use containerd::mesh::{exec_in, run_in_file, NodeMesh, AGENT_TIMEOUT_MS};
 use containerd::{CriNode, PodRef, REQUIRED_TOOLS};
 use meshtunnel_e2e::mesh::{find_binary, run_cmd};
 use serde_json::json;
@@ -290,6 +292,55 @@ fn listening_ports(netns: &Path) -> Vec<u16> {
         .collect()
 }
 
+/// Opens a connection from the pod in `client_netns` to a server in `server_netns`, checks bytes
+/// cross it, and returns `ss -tnp` of the connections in the meshed pod's netns while it is open
+/// (which shows whose sockets carry it).
+fn exchange(client_netns: &Path, server_netns: &Path, server_ip: &str) -> String {
+    let listener = run_in_file(server_netns, || TcpListener::bind(("0.0.0.0", 8080)))
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)?;
+        s.write_all(&buf)?;
+        // Hold the connection until the client closes it.
+        let _ = s.read(&mut buf);
+        Ok(())
+    });
+    let addr: SocketAddr = format!("{server_ip}:8080").parse().unwrap();
+    let mut client = run_in_file(client_netns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    client.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping");
+    let mut seen = String::new();
+    for ns in [client_netns, server_netns] {
+        seen += &exec_in(ns, "ss", &["-tnpH", "state", "established"]).unwrap();
+    }
+    drop(client);
+    server.join().unwrap().unwrap();
+    seen
+}
+
+/// Whether an `ss -tnp` line shows ztunnel's end of a connection on local `port`.
+fn carried_by_ztunnel(ss: &str, port: u16) -> bool {
+    ss.lines().any(|l| {
+        l.split_whitespace()
+            .nth(2)
+            .is_some_and(|local| local.ends_with(&format!(":{port}")))
+            && l.contains("((\"ztunnel\"")
+    })
+}
+
 /// Panics with everything the node's processes logged.
 fn fail(mesh: &NodeMesh, node: &CriNode, e: anyhow::Error) -> ! {
     panic!(
@@ -371,6 +422,18 @@ fn ambient_pod_comes_up_meshed_through_the_cri_and_is_released_on_delete() {
     );
     assert_eq!(mesh.redirection("plain", "other-0"), None);
     assert!(!mesh.ztunnel_log().contains(&other_uid));
+
+    // Traffic: what the meshed pod sends, and what it is sent, passes through ztunnel.
+    let via = exchange(&web_netns, &other_netns, &other_info.ip);
+    assert!(
+        carried_by_ztunnel(&via, 15001),
+        "the meshed pod's outbound connection did not go through ztunnel:\n{via}"
+    );
+    let via = exchange(&other_netns, &web_netns, &web_info.ip);
+    assert!(
+        carried_by_ztunnel(&via, 15006),
+        "the inbound connection to the meshed pod did not go through ztunnel:\n{via}"
+    );
 
     // Deleting the sandbox (CNI DEL) releases the pod: ztunnel closes its proxies.
     node.stop_and_remove(&web)

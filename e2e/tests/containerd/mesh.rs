@@ -169,6 +169,7 @@ impl NodeMesh {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info,cni_agent=debug")
+            .env("NO_COLOR", "1")
             .env("KUBECONFIG", self.dir.join("kubeconfig"))
             .env("NODE_NAME", &self.node_name)
             .env("ZTUNNEL_UDS_ADDRESS", self.zds_socket())
@@ -220,6 +221,7 @@ impl NodeMesh {
             .env("TRUST_DOMAIN", TRUST_DOMAIN)
             .env("LOCAL_CA_DIR", self.dir.join("ca"))
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -269,4 +271,23 @@ pub fn exec_in(netns: &Path, program: &str, args: &[&str]) -> Result<String> {
             .arg(program)
             .args(args),
     )
+}
+
+/// Runs `f` on a fresh thread that entered the netns file `netns` (a sandbox's), so sockets
+/// made in `f` live in that pod.
+pub fn run_in_file<F, R>(netns: &Path, f: F) -> Result<R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let fd = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            drop(fd);
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
