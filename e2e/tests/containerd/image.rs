@@ -60,7 +60,7 @@ pub fn build_pause_tar(work: &Path, out: &Path) -> Result<()> {
     fs::write(blobs.join(&layer_digest), &layer_bytes)?;
 
     let config = serde_json::to_vec(&json!({
-        "architecture": "amd64",
+        "architecture": oci_arch(),
         "os": "linux",
         "config": { "Entrypoint": ENTRYPOINT, "WorkingDir": "/" },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
@@ -108,6 +108,17 @@ pub fn build_pause_tar(work: &Path, out: &Path) -> Result<()> {
     )
     .context("packing the image layout")?;
     Ok(())
+}
+
+/// This machine's architecture in OCI's words (the import refuses other platforms' images).
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
 }
 
 fn put_blob(work: &Path, blobs: &Path, name: &str, bytes: &[u8]) -> Result<String> {
