@@ -353,7 +353,6 @@ fn fail(mesh: &NodeMesh, node: &CriNode, e: anyhow::Error) -> ! {
 const ZTUNNEL_POD_PORTS: [u16; 3] = [15001, 15006, 15008];
 
 #[test]
-#[ignore = "needs `cni-agent run` with the Kubernetes watcher (branch agent)"]
 fn ambient_pod_comes_up_meshed_through_the_cri_and_is_released_on_delete() {
     let Some(mut node) = node_or_skip("cri meshed pod") else {
         return;
