@@ -3,13 +3,14 @@
 
 mod containerd;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use containerd::mesh::{exec_in, run_in_file, NodeMesh, AGENT_TIMEOUT_MS};
+use containerd::mesh::{NodeMesh, AGENT_TIMEOUT_MS};
+use containerd::probe::{
+    addrs_in, carried_by_ztunnel, eventually, exchange, has_capture_rules, listening_ports,
+};
 use containerd::{CriNode, PodRef, REQUIRED_TOOLS};
 use meshtunnel_e2e::mesh::{find_binary, run_cmd};
 use serde_json::json;
@@ -43,16 +44,6 @@ fn pod(namespace: &str, name: &str, uid: &str) -> PodRef {
         name: name.into(),
         uid: uid.into(),
     }
-}
-
-/// `ip -4 -o addr` inside a sandbox's netns, entered through the file the CRI made.
-fn addrs_in(netns: &Path) -> String {
-    run_cmd(
-        Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .args(["ip", "-4", "-o", "addr", "show"]),
-    )
-    .unwrap_or_else(|e| panic!("reading addresses in {}: {e:#}", netns.display()))
 }
 
 #[test]
@@ -261,86 +252,6 @@ fn without_the_agent_a_pod_does_not_start_and_leaves_nothing_behind() {
     node.stop_and_remove(&id).unwrap();
 }
 
-/// Polls `f` until it holds or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Whether our capture table is in the sandbox's netns (the agent is told to use nftables).
-fn has_capture_rules(netns: &Path) -> bool {
-    exec_in(netns, "nft", &["list", "ruleset"])
-        .unwrap()
-        .contains("table ip istio-inpod")
-}
-
-/// TCP ports listening inside the sandbox's netns.
-fn listening_ports(netns: &Path) -> Vec<u16> {
-    exec_in(netns, "ss", &["-ltnH"])
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .filter_map(|local| local.rsplit(':').next()?.parse().ok())
-        .collect()
-}
-
-/// Opens a connection from the pod in `client_netns` to a server in `server_netns`, checks bytes
-/// cross it, and returns `ss -tnp` of the connections in the meshed pod's netns while it is open
-/// (which shows whose sockets carry it).
-fn exchange(client_netns: &Path, server_netns: &Path, server_ip: &str) -> String {
-    let listener = run_in_file(server_netns, || TcpListener::bind(("0.0.0.0", 8080)))
-        .unwrap()
-        .unwrap();
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf)?;
-        s.write_all(&buf)?;
-        // Hold the connection until the client closes it.
-        let _ = s.read(&mut buf);
-        Ok(())
-    });
-    let addr: SocketAddr = format!("{server_ip}:8080").parse().unwrap();
-    let mut client = run_in_file(client_netns, || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-    })
-    .unwrap()
-    .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    client
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    client.write_all(b"ping").unwrap();
-    let mut echo = [0u8; 4];
-    client.read_exact(&mut echo).unwrap();
-    assert_eq!(&echo, b"ping");
-    let mut seen = String::new();
-    for ns in [client_netns, server_netns] {
-        seen += &exec_in(ns, "ss", &["-tnpH", "state", "established"]).unwrap();
-    }
-    drop(client);
-    server.join().unwrap().unwrap();
-    seen
-}
-
-/// Whether an `ss -tnp` line shows ztunnel's end of a connection on local `port`.
-fn carried_by_ztunnel(ss: &str, port: u16) -> bool {
-    ss.lines().any(|l| {
-        l.split_whitespace()
-            .nth(2)
-            .is_some_and(|local| local.ends_with(&format!(":{port}")))
-            && l.contains("((\"ztunnel\"")
-    })
-}
-
 /// Panics with everything the node's processes logged.
 fn fail(mesh: &NodeMesh, node: &CriNode, e: anyhow::Error) -> ! {
     panic!(
@@ -432,6 +343,19 @@ fn ambient_pod_comes_up_meshed_through_the_cri_and_is_released_on_delete() {
     assert!(
         carried_by_ztunnel(&via, 15006),
         "the inbound connection to the meshed pod did not go through ztunnel:\n{via}"
+    );
+
+    // The CRI hands the sandbox's uid down the chain (K8S_POD_UID): a sandbox for another
+    // incarnation of web-0 than the API's is refused, and the running one stays captured.
+    let stale = "0f6c1d9e-5555-4a2b-9c3d-000000000005";
+    let err = node
+        .run_pod_sandbox(&pod("demo", "web-0", stale))
+        .expect_err("a sandbox with a uid the API does not know started");
+    assert!(format!("{err:#}").contains(stale), "{err:#}");
+    assert!(has_capture_rules(&web_netns));
+    assert_eq!(
+        mesh.redirection("demo", "web-0").as_deref(),
+        Some("enabled")
     );
 
     // Deleting the sandbox (CNI DEL) releases the pod: ztunnel closes its proxies.

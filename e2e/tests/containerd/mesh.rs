@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -175,6 +175,8 @@ impl NodeMesh {
             .env("ZTUNNEL_UDS_ADDRESS", self.zds_socket())
             .env("MESHTUNNEL_REDIRECT_BACKEND", "nftables")
             .env("MESHTUNNEL_NETNS_DIR", node.sandbox_netns_dir())
+            // A pod the API does not have is refused after this long.
+            .env("MESHTUNNEL_CNI_POD_WAIT_MS", "2000")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -260,34 +262,5 @@ fn readiness(node: &CriNode) -> Result<(u16, String)> {
             .and_then(|c| c.parse().ok())
             .context("malformed HTTP response")?;
         Ok((code, resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
-    })
-}
-
-/// Runs `program args` inside the netns file `netns` (a sandbox's) and returns stdout.
-pub fn exec_in(netns: &Path, program: &str, args: &[&str]) -> Result<String> {
-    meshtunnel_e2e::mesh::run_cmd(
-        Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .arg(program)
-            .args(args),
-    )
-}
-
-/// Runs `f` on a fresh thread that entered the netns file `netns` (a sandbox's), so sockets
-/// made in `f` live in that pod.
-pub fn run_in_file<F, R>(netns: &Path, f: F) -> Result<R>
-where
-    F: FnOnce() -> R + Send,
-    R: Send,
-{
-    let fd = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            drop(fd);
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }

@@ -11,6 +11,7 @@ mod config;
 mod cri;
 mod image;
 pub mod mesh;
+pub mod probe;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
