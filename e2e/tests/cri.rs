@@ -69,7 +69,8 @@ fn sandbox_gets_an_address_from_the_bridge_chain_and_leaves_nothing_behind() {
     let info = node.sandbox_status(&id).unwrap();
     assert!(info.ready, "sandbox not ready: {info:?}");
     assert!(
-        info.ip.starts_with("10.88.0."),
+        info.ip
+            .starts_with(node.pod_subnet().trim_end_matches("0/24")),
         "sandbox address {:?} is not from the bridge's host-local range",
         info.ip
     );
@@ -288,6 +289,7 @@ fn ambient_pod_comes_up_meshed_through_the_cri_and_is_released_on_delete() {
     eprintln!("RunPodSandbox of the meshed pod took {:?}", t.elapsed());
     let web_info = node.sandbox_status(&web).unwrap();
     assert!(web_info.ready, "{web_info:?}");
+    mesh.pod_running("demo", "web-0", &web_info.ip).unwrap();
     let web_netns = web_info.netns.clone().expect("sandbox netns");
     assert!(
         has_capture_rules(&web_netns),
@@ -320,6 +322,8 @@ fn ambient_pod_comes_up_meshed_through_the_cri_and_is_released_on_delete() {
         .unwrap_or_else(|e| fail(&mesh, &node, e));
     let other_info = node.sandbox_status(&other).unwrap();
     assert!(other_info.ready, "{other_info:?}");
+    mesh.pod_running("plain", "other-0", &other_info.ip)
+        .unwrap();
     let other_netns = other_info.netns.clone().expect("sandbox netns");
     assert!(
         !has_capture_rules(&other_netns),
@@ -389,4 +393,73 @@ fn ambient_pod_comes_up_meshed_through_the_cri_and_is_released_on_delete() {
         t.elapsed()
     );
     assert_eq!(node.mounts(), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_running_pod_follows_its_namespace_label_across_an_agent_restart() {
+    let Some(mut node) = node_or_skip("cri label later") else {
+        return;
+    };
+    let mut mesh = NodeMesh::new(&node).unwrap();
+    mesh.namespace("late", json!({})).unwrap();
+    let uid = mesh.pod("late", "app-0", "sa-app").unwrap();
+    mesh.start_agent(&node, START_TIMEOUT).unwrap();
+    mesh.start_ztunnel(&node, START_TIMEOUT).unwrap();
+    node.start_containerd(START_TIMEOUT).unwrap();
+
+    let id = node
+        .run_pod_sandbox(&pod("late", "app-0", &uid))
+        .unwrap_or_else(|e| fail(&mesh, &node, e));
+    let info = node.sandbox_status(&id).unwrap();
+    mesh.pod_running("late", "app-0", &info.ip).unwrap();
+    let netns = info.netns.clone().expect("sandbox netns");
+    assert!(!has_capture_rules(&netns));
+
+    // A new agent has not seen this pod's CNI ADD: it must find the netns the CRI made by the
+    // pod's IP.
+    mesh.kill_agent();
+    mesh.start_agent(&node, START_TIMEOUT).unwrap();
+
+    mesh.label_namespace("late", json!({"istio.io/dataplane-mode": "ambient"}))
+        .unwrap();
+    let captured = eventually(Duration::from_secs(60), || {
+        has_capture_rules(&netns)
+            && mesh.redirection("late", "app-0").as_deref() == Some("enabled")
+            && ZTUNNEL_POD_PORTS
+                .iter()
+                .all(|p| listening_ports(&netns).contains(p))
+    });
+    assert!(
+        captured,
+        "labelling the namespace did not capture the running pod\n{}",
+        mesh.logs()
+    );
+    // The captured pod's outbound traffic now goes through ztunnel.
+    mesh.namespace("plain", json!({})).unwrap();
+    let peer_uid = mesh.pod("plain", "peer-0", "sa-peer").unwrap();
+    let peer = node
+        .run_pod_sandbox(&pod("plain", "peer-0", &peer_uid))
+        .unwrap_or_else(|e| fail(&mesh, &node, e));
+    let peer_info = node.sandbox_status(&peer).unwrap();
+    let via = exchange(&netns, peer_info.netns.as_ref().unwrap(), &peer_info.ip);
+    assert!(
+        carried_by_ztunnel(&via, 15001),
+        "not through ztunnel:\n{via}"
+    );
+
+    mesh.label_namespace("late", json!({"istio.io/dataplane-mode": null}))
+        .unwrap();
+    let released = eventually(Duration::from_secs(60), || {
+        !has_capture_rules(&netns)
+            && mesh.redirection("late", "app-0").is_none()
+            && !listening_ports(&netns).contains(&15008)
+    });
+    assert!(
+        released,
+        "removing the label did not release the pod\n{}",
+        mesh.logs()
+    );
+
+    node.stop_and_remove(&id)
+        .unwrap_or_else(|e| fail(&mesh, &node, e));
 }

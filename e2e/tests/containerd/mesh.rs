@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -118,6 +119,28 @@ impl NodeMesh {
             .context("created pod has no uid")
     }
 
+    /// What the kubelet reports once the sandbox is up: the pod's IP, phase Running.
+    pub fn pod_running(&self, namespace: &str, name: &str, ip: &str) -> Result<()> {
+        let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+        self.kube
+            .merge_patch(Resource::Pod, Some(namespace), name, &status)
+            .map_err(|e| anyhow::anyhow!("patching the status of {namespace}/{name}: {e:?}"))?;
+        Ok(())
+    }
+
+    /// Replaces the namespace's labels with `labels` (a merge patch; `null` values remove).
+    pub fn label_namespace(&self, name: &str, labels: Value) -> Result<()> {
+        self.kube
+            .merge_patch(
+                Resource::Namespace,
+                None,
+                name,
+                &json!({"metadata": {"labels": labels}}),
+            )
+            .map_err(|e| anyhow::anyhow!("labelling namespace {name}: {e:?}"))?;
+        Ok(())
+    }
+
     /// The pod's `ambient.istio.io/redirection` annotation.
     pub fn redirection(&self, namespace: &str, name: &str) -> Option<String> {
         self.kube
@@ -149,10 +172,16 @@ impl NodeMesh {
     }
 
     /// `cni-agent run` in the node netns: it binds its sockets and chains the plugin into the
-    /// node's conflist; returns once the conflist names meshtunnel-cni.
+    /// node's conflist; returns once the conflist names meshtunnel-cni and the agent answers on
+    /// its socket.
     pub fn start_agent(&mut self, node: &CriNode, timeout: Duration) -> Result<()> {
+        anyhow::ensure!(self.agent.is_none(), "agent already running");
         let bin = find_binary("cni-agent", false)?;
-        let log = std::fs::File::create(self.agent_log_path())?;
+        // Appended: a restarted agent's log follows its predecessor's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log_path())?;
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", node.netns().path().display()))
             .arg(bin)
@@ -177,6 +206,7 @@ impl NodeMesh {
             .env("MESHTUNNEL_NETNS_DIR", node.sandbox_netns_dir())
             // A pod the API does not have is refused after this long.
             .env("MESHTUNNEL_CNI_POD_WAIT_MS", "2000")
+            .env("MESHTUNNEL_RETRY_MAX_MS", "1000")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -184,7 +214,10 @@ impl NodeMesh {
         let deadline = Instant::now() + timeout;
         loop {
             let conf = std::fs::read_to_string(node.primary_conflist_path()).unwrap_or_default();
-            if conf.contains("\"meshtunnel-cni\"") && self.agent_socket().exists() {
+            // A killed predecessor leaves its socket file: only an accepted connection counts.
+            if conf.contains("\"meshtunnel-cni\"")
+                && UnixStream::connect(self.agent_socket()).is_ok()
+            {
                 return Ok(());
             }
             if let Some(status) = self

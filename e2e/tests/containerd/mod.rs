@@ -26,9 +26,13 @@ pub use image::PAUSE_IMAGE;
 
 use cri::CriClient;
 
-/// Pod addresses on the node's bridge. The bridge lives in the node netns, so nodes of parallel
-/// runs never see each other's range.
-pub const POD_SUBNET: &str = "10.88.0.0/24";
+/// The node's pod range, 10.160.0.0/24 to 10.223.255.0/24 picked by the unique prefix. The bridge
+/// lives in the node netns, but the agent finds a running pod's netns by its IP among every netns
+/// on the machine, so parallel nodes must not hand out the same addresses.
+fn pod_subnet_for(prefix: &str) -> String {
+    let n = u32::from_str_radix(prefix.trim_start_matches("mt"), 16).unwrap_or(0);
+    format!("10.{}.{}.0/24", 160 + n % 64, (n / 64) % 256)
+}
 
 /// The tools a node needs; a test skips (outside CI) when one is missing.
 pub const REQUIRED_TOOLS: [&str; 5] = [
@@ -84,11 +88,16 @@ impl CriNode {
             config::primary_conflist(
                 &format!("{prefix}-net"),
                 &format!("{prefix}br"),
-                POD_SUBNET,
+                &pod_subnet_for(&prefix),
                 &node.root.join("ipam"),
             ),
         )?;
         Ok(node)
+    }
+
+    /// The node's pod range, e.g. `10.161.7.0/24`.
+    pub fn pod_subnet(&self) -> String {
+        pod_subnet_for(&self.prefix)
     }
 
     pub fn netns(&self) -> &Netns {
