@@ -3,7 +3,7 @@
 
 mod containerd;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -117,11 +117,18 @@ fn sandbox_gets_an_address_from_the_bridge_chain_and_leaves_nothing_behind() {
     assert_eq!(node.mounts(), Vec::<std::path::PathBuf>::new());
 }
 
-#[test]
-fn dropping_a_node_with_a_running_sandbox_leaves_nothing_behind() {
-    let Some(mut node) = node_or_skip("cri drop cleanup") else {
-        return;
-    };
+/// What a node with one running sandbox has made, to check after it is dropped.
+struct Footprint {
+    root: PathBuf,
+    node_netns: PathBuf,
+    sandbox_netns: PathBuf,
+    pause_pid: u32,
+    shim_sockets: Vec<PathBuf>,
+    cgroup: String,
+}
+
+fn node_with_a_running_sandbox(test: &str) -> Option<(CriNode, Footprint)> {
+    let mut node = node_or_skip(test)?;
     node.start_containerd(START_TIMEOUT).unwrap();
     let id = node
         .run_pod_sandbox(&pod(
@@ -131,35 +138,65 @@ fn dropping_a_node_with_a_running_sandbox_leaves_nothing_behind() {
         ))
         .unwrap_or_else(|e| panic!("{e:#}\n--- containerd log ---\n{}", node.containerd_log()));
     let info = node.sandbox_status(&id).unwrap();
-    let netns = info.netns.expect("sandbox netns path");
     assert!(!node.mounts().is_empty(), "a running sandbox has mounts");
-    let root = node.root().to_owned();
-    let node_netns = node.netns().path();
-    let cgroup_marker = format!("/{}-kubepods/", node.prefix());
+    let footprint = Footprint {
+        root: node.root().to_owned(),
+        node_netns: node.netns().path(),
+        sandbox_netns: info.netns.expect("sandbox netns path"),
+        pause_pid: info.pid.expect("sandbox pid"),
+        shim_sockets: node.shim_sockets(),
+        cgroup: format!("{}-kubepods", node.prefix()),
+    };
+    assert!(!footprint.shim_sockets.is_empty(), "no shim socket found");
+    assert!(Path::new(&format!("/proc/{}", footprint.pause_pid)).exists());
+    Some((node, footprint))
+}
 
-    drop(node);
-
-    assert!(!root.exists(), "temp root {} left behind", root.display());
-    assert!(
-        !netns.exists(),
-        "sandbox netns {} left behind",
-        netns.display()
-    );
-    assert!(
-        !node_netns.exists(),
-        "node netns {} left behind",
-        node_netns.display()
-    );
+fn assert_nothing_left(f: &Footprint) {
+    for path in [&f.root, &f.node_netns, &f.sandbox_netns]
+        .into_iter()
+        .chain(&f.shim_sockets)
+    {
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root_str = root.display().to_string();
+    let root = f.root.display().to_string();
     assert!(
-        !mountinfo.contains(&root_str),
-        "mounts under {root_str} left behind:\n{mountinfo}"
+        !mountinfo.contains(&root),
+        "mounts under {root} left behind:\n{mountinfo}"
     );
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let dir = hierarchy.path().join(cgroup_marker.trim_matches('/'));
+        let dir = hierarchy.path().join(&f.cgroup);
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
+    // Killed processes are reaped by init a moment later.
+    let pause = PathBuf::from(format!("/proc/{}", f.pause_pid));
+    assert!(
+        eventually(Duration::from_secs(10), || !pause.exists()),
+        "the sandbox's pause process {} is still alive",
+        f.pause_pid
+    );
+}
+
+#[test]
+fn dropping_a_node_with_a_running_sandbox_leaves_nothing_behind() {
+    let Some((node, footprint)) = node_with_a_running_sandbox("cri drop cleanup") else {
+        return;
+    };
+    drop(node);
+    assert_nothing_left(&footprint);
+}
+
+#[test]
+fn dropping_a_node_whose_containerd_crashed_leaves_nothing_behind() {
+    let Some((mut node, footprint)) = node_with_a_running_sandbox("cri crash cleanup") else {
+        return;
+    };
+    // Nothing can be stopped through the CRI now: Drop must find shims, sandbox processes,
+    // mounts and cgroups itself.
+    node.kill_containerd();
+    drop(node);
+    assert_nothing_left(&footprint);
 }
 
 /// `cni-agent install` alone: the plugin is chained but no agent answers on its socket, as on

@@ -32,6 +32,8 @@ pub struct SandboxInfo {
     pub ip: String,
     /// The sandbox's network namespace file (a bind mount the CRI made).
     pub netns: Option<PathBuf>,
+    /// The pause process.
+    pub pid: Option<u32>,
 }
 
 pub struct CriClient {
@@ -199,10 +201,19 @@ impl CriClient {
             }))?
             .into_inner();
         let status = resp.status.context("PodSandboxStatus without a status")?;
+        let info: Option<serde_json::Value> = resp
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok());
         Ok(SandboxInfo {
             ready: status.state == PodSandboxState::SandboxReady as i32,
             ip: status.network.map(|n| n.ip).unwrap_or_default(),
-            netns: resp.info.get("info").and_then(|i| netns_of(i)),
+            netns: info.as_ref().and_then(netns_of),
+            pid: info
+                .as_ref()
+                .and_then(|i| i.get("pid")?.as_u64())
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0),
         })
     }
 
@@ -234,8 +245,7 @@ impl CriClient {
 }
 
 /// The network namespace path in the verbose info's OCI runtime spec.
-fn netns_of(info_json: &str) -> Option<PathBuf> {
-    let info: serde_json::Value = serde_json::from_str(info_json).ok()?;
+fn netns_of(info: &serde_json::Value) -> Option<PathBuf> {
     info.pointer("/runtimeSpec/linux/namespaces")?
         .as_array()?
         .iter()

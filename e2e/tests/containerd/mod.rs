@@ -233,6 +233,19 @@ impl CriNode {
         cleanup::mounts_under(&self.root)
     }
 
+    /// The sockets of the runc shims serving this node's sandboxes.
+    pub fn shim_sockets(&self) -> Vec<PathBuf> {
+        cleanup::shim_sockets(&self.state_dir())
+    }
+
+    /// SIGKILLs containerd, as a crash would: shims and sandboxes stay behind for Drop to find.
+    pub fn kill_containerd(&mut self) {
+        if let Some(mut child) = self.containerd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops containerd (SIGTERM, then SIGKILL after `grace`). Its shims and sandboxes keep
     /// running, as on a real node.
     fn stop_containerd(&mut self, grace: Duration) {
