@@ -80,3 +80,71 @@ fn namespace_label_iptables() {
 fn namespace_label_nftables() {
     namespace_label_captures_and_releases("nftables");
 }
+
+#[test]
+fn pod_label_deletion_and_completion() {
+    let mut node = Node::new("iptables");
+    node.create_namespace("plain", false);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    let solo = node.running_pod("plain", "solo", json!({node::LABEL: AMBIENT}), json!({}));
+    let done = node.running_pod("plain", "done", json!({node::LABEL: AMBIENT}), json!({}));
+    let other = node.running_pod("plain", "other", json!({}), json!({}));
+    let before = (solo.rules(), done.rules(), other.rules());
+    node.start_agent();
+    // The pod's own label is enough in an unlabelled namespace.
+    for p in [&solo, &done] {
+        wait_for(&format!("{} captured", p.name), || {
+            p.captured() && node.annotation("plain", &p.name).as_deref() == Some("enabled")
+        });
+    }
+    assert!(!other.captured() && zt.got_add(&other.uid).is_none());
+
+    // Deleted from the API: rules out of the (still existing) netns, ztunnel told.
+    node.api
+        .delete(kube_standin::Resource::Pod, Some("plain"), "solo")
+        .unwrap();
+    wait_for("deleted pod released", || zt.got_del(&solo.uid));
+    wait_for("deleted pod's rules removed", || solo.rules() == before.0);
+
+    // Finished (phase Succeeded): released, annotation removed.
+    node.api
+        .merge_patch(
+            kube_standin::Resource::Pod,
+            Some("plain"),
+            "done",
+            &json!({"status": {"phase": "Succeeded"}}),
+        )
+        .unwrap();
+    wait_for("finished pod released", || {
+        zt.got_del(&done.uid) && node.annotation("plain", "done").is_none()
+    });
+    assert_eq!(done.rules(), before.1);
+    assert_eq!(other.rules(), before.2);
+    node.stop_agent();
+}
+
+#[test]
+fn watch_relist_after_410_gone_keeps_reconciling() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("shop", false);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    let a = node.running_pod("shop", "a", json!({}), json!({}));
+    node.start_agent();
+    node.wait_watching();
+    // Like an API server restart after compaction: watches cut, old resourceVersions 410 Gone.
+    node.api.expire_history();
+    node.label_namespace("shop", Some(AMBIENT));
+    wait_for("capture after the re-list", || {
+        a.captured() && node.annotation("shop", "a").as_deref() == Some("enabled")
+    });
+    // A pod deleted while the watch is down is noticed at the re-list.
+    node.api.close_watches();
+    node.api
+        .delete(kube_standin::Resource::Pod, Some("shop"), "a")
+        .unwrap();
+    node.api.expire_history();
+    wait_for("deleted pod released after the re-list", || {
+        zt.got_del(&a.uid) && !a.captured()
+    });
+    node.stop_agent();
+}

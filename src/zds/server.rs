@@ -69,6 +69,8 @@ struct Shared {
     /// Bumped each time a ztunnel connection has taken its snapshot, so the agent can resend pods
     /// that were waiting for a ztunnel (see [`ZdsServer::synced_connections`]).
     synced: watch::Sender<u64>,
+    /// Snapshots are held back until this is true (see [`ZdsServer::bind_not_ready`]).
+    ready: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -92,6 +94,16 @@ pub struct ZdsServer {
 impl ZdsServer {
     /// Listens at `path` (replacing a stale socket file). Must be called within a tokio runtime.
     pub fn bind(path: impl AsRef<Path>) -> io::Result<Self> {
+        let server = Self::bind_not_ready(path)?;
+        server.mark_ready();
+        Ok(server)
+    }
+
+    /// Like [`ZdsServer::bind`], but a connecting ztunnel gets its snapshot only after
+    /// [`ZdsServer::mark_ready`]. A restarted agent needs this: ztunnel drops every proxy the
+    /// snapshot does not name, so a snapshot sent before the agent has re-registered its running
+    /// pods would cut them off.
+    pub fn bind_not_ready(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref().to_path_buf();
         let listener = SeqPacketListener::bind(&path)?;
         let identity = std::fs::symlink_metadata(&path)
@@ -100,6 +112,7 @@ impl ZdsServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             synced: watch::channel(0).0,
+            ready: watch::channel(false).0,
         });
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -109,6 +122,11 @@ impl ZdsServer {
             path,
             identity,
         })
+    }
+
+    /// Lets snapshots go out: every pod known so far has been added.
+    pub fn mark_ready(&self) {
+        self.shared.ready.send_replace(true);
     }
 
     /// Counts ztunnel connections that have been sent (and acked) their snapshot. A change means a
@@ -278,6 +296,13 @@ async fn conn_main(sock: &SeqPacket, shared: &Shared) -> Result<(), ZdsError> {
         )));
     }
 
+    let mut ready = shared.ready.subscribe();
+    if !*ready.borrow() {
+        debug!("ztunnel connected; holding its snapshot until the agent has resynced");
+    }
+    // Until then the connection is not registered, so add() reports NotConnected and the pod
+    // goes out with the snapshot.
+    let _ = ready.wait_for(|r| *r).await;
     let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
     // Taking the snapshot and publishing the connection under one lock means every add() either
     // is in this snapshot or is queued on this connection after it, never neither.

@@ -5,12 +5,14 @@
 //! * [`watch`] — the watch caches; every change becomes a reconcile trigger.
 //! * [`reconcile`] — desired vs actual per pod, the enrol/unenrol sequences, retries.
 //! * [`enrol`] — the steps: ZDS to ztunnel, in-pod redirect rules.
-//! * [`netns`] — finding a pod's netns (CNI path, or by its IP) and holding on to it.
+//! * [`netns`] — finding a pod's netns (CNI path, or by its IP) and holding on to it;
+//!   [`cgroup`] tells which pod a process belongs to.
 //! * [`annotate`] — the `ambient.istio.io/redirection` annotation.
 //! * [`cni`] — CNI ADD/DEL from the plugin socket.
 //! * [`state`] — what was done to which pod, and per-pod locks.
 
 mod annotate;
+mod cgroup;
 mod cni;
 mod enrol;
 mod netns;
@@ -29,7 +31,7 @@ use meshtunnel::redirect::{Backend, RedirectConfig};
 use meshtunnel::zds::ZdsServer;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use cni::PodEnroller;
 
@@ -84,7 +86,7 @@ impl Agent {
         if let Some(dir) = cfg.ztunnel_uds.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let zds = ZdsServer::bind(&cfg.ztunnel_uds)
+        let zds = ZdsServer::bind_not_ready(&cfg.ztunnel_uds)
             .with_context(|| format!("binding the ZDS socket {}", cfg.ztunnel_uds.display()))?;
         let mut synced = zds.synced_connections();
         let (triggers, mut trigger_rx) = mpsc::unbounded_channel();
@@ -116,7 +118,21 @@ impl Agent {
                 return;
             }
             info!("watch caches synced; reconciling every pod");
-            dispatch(&r, Trigger::All);
+            // ztunnel's first snapshot waits for this pass: it must name every pod that is
+            // still captured, or ztunnel would drop their proxies.
+            let pass = futures_util::future::join_all(
+                keys(&r, Trigger::All)
+                    .into_iter()
+                    .map(|k| r.clone().reconcile_and_retry(k)),
+            );
+            if tokio::time::timeout(INITIAL_PASS_LIMIT, pass)
+                .await
+                .is_err()
+            {
+                warn!("the first reconcile pass is slow; serving ztunnel anyway");
+            }
+            r.mesh.zds.mark_ready();
+            info!("pods resynced; ztunnel snapshots enabled");
             while let Some(trigger) = trigger_rx.recv().await {
                 dispatch(&r, trigger);
             }
@@ -149,7 +165,16 @@ impl Drop for Agent {
     }
 }
 
+/// Bounds how long a restarted agent keeps ztunnel waiting for its snapshot.
+const INITIAL_PASS_LIMIT: Duration = Duration::from_secs(20);
+
 fn dispatch(r: &Arc<Reconciler>, trigger: Trigger) {
+    for key in keys(r, trigger) {
+        tokio::spawn(r.clone().reconcile_and_retry(key));
+    }
+}
+
+fn keys(r: &Reconciler, trigger: Trigger) -> Vec<state::PodKey> {
     let mut keys = match trigger {
         Trigger::Pod(key) => vec![key],
         Trigger::Namespace(ns) => r
@@ -172,7 +197,5 @@ fn dispatch(r: &Arc<Reconciler>, trigger: Trigger) {
     };
     keys.sort();
     keys.dedup();
-    for key in keys {
-        tokio::spawn(r.clone().reconcile_and_retry(key));
-    }
+    keys
 }

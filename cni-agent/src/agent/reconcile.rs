@@ -123,6 +123,12 @@ impl Reconciler {
         let delay = {
             let mut known = self.state.known();
             let retry = known.retries.entry(key.clone()).or_default();
+            // Several triggers for one pod can fail at once; one attempt is counted (and one
+            // retry scheduled) per backoff period.
+            if retry.scheduled {
+                debug!(pod = %key, reason = %why, "failed again; retry already scheduled");
+                return;
+            }
             retry.attempts += 1;
             let exp = retry.attempts.saturating_sub(1).min(20);
             let delay = self
@@ -132,9 +138,6 @@ impl Reconciler {
                 .min(self.cfg.retry_max);
             warn!(pod = %key, attempt = retry.attempts, retry_in = ?delay, reason = %why,
                 "pod not reconciled; will retry");
-            if retry.scheduled {
-                return;
-            }
             retry.scheduled = true;
             delay
         };
@@ -223,13 +226,13 @@ impl Reconciler {
     ) -> Result<(), Failure> {
         let key = PodKey::of(pod);
         let annotation = selection::redirection_annotation(pod);
-        let (netns, tracked) = match self.find_netns(pod, uid, cni_netns).await {
+        let (netns, tracked) = match self.find_netns(pod, uid, cni_netns, true).await {
             Ok(found) => found,
             Err(FindError::NoIp) => return Err(Failure::Waiting("the pod has no IP yet".into())),
             Err(FindError::Netns(e)) => return Err(Failure::Retry(e.to_string())),
         };
         if let Some(t) = &tracked {
-            if t.phase == Phase::Enrolled && t.netns == netns {
+            if t.phase == Phase::Enrolled && t.netns.same_as(&netns) {
                 if annotation != Some(ENABLED) {
                     self.annotate(&key, Some(ENABLED)).await?;
                 }
@@ -290,11 +293,21 @@ impl Reconciler {
 
     /// The unenrol sequence; the caller holds the pod's lock. `pod` is `None` once it is deleted.
     pub async fn unenrol(&self, key: &PodKey, uid: &str, pod: Option<&Pod>) -> Result<(), Failure> {
-        let tracked = self.state.known().tracked.get(uid).cloned();
+        let (tracked, released) = {
+            let known = self.state.known();
+            (
+                known.tracked.get(uid).cloned(),
+                known.released.contains_key(uid),
+            )
+        };
+        // Searching by IP is only safe while the pod's sandbox can still hold that IP: once
+        // the sandbox is torn down (CNI DEL, or the pod finished) the IP may already belong to
+        // another pod, whose rules must not be removed.
+        let search = !released && pod.is_some_and(|p| !selection::is_finished(p));
         let netns = match tracked.map(|t| t.netns) {
             Some(n) if n.reopen().is_ok() => Some(n),
             _ => match pod {
-                Some(p) => match self.find_netns(p, uid, None).await {
+                Some(p) => match self.find_netns(p, uid, None, search).await {
                     Ok((n, _)) => Some(n),
                     Err(FindError::Netns(e @ NetnsError::Ambiguous { .. })) => {
                         return Err(Failure::Retry(e.to_string()))
@@ -343,6 +356,7 @@ impl Reconciler {
         pod: &Pod,
         uid: &str,
         cni_netns: Option<&Path>,
+        search_by_ip: bool,
     ) -> Result<(NetnsRef, Option<Tracked>), FindError> {
         let (tracked, remembered) = {
             let known = self.state.known();
@@ -366,11 +380,12 @@ impl Reconciler {
             }
         }
         let ips = pod_ips(pod);
-        if ips.is_empty() {
+        if ips.is_empty() || !search_by_ip {
             return Err(FindError::NoIp);
         }
         let (dir, proc) = (self.cfg.netns_dir.clone(), self.cfg.proc_dir.clone());
-        match tokio::task::spawn_blocking(move || netns::discover(&ips, &dir, &proc)).await {
+        let uid = uid.to_owned();
+        match tokio::task::spawn_blocking(move || netns::discover(&uid, &ips, &dir, &proc)).await {
             Ok(found) => Ok((found.map_err(FindError::Netns)?, tracked)),
             Err(e) => Err(FindError::Netns(NetnsError::Open {
                 path: self.cfg.netns_dir.clone(),

@@ -111,6 +111,10 @@ struct AgentArgs {
     /// must be found by its IP (pods that were running before the agent saw their CNI ADD).
     #[arg(long, env = "MESHTUNNEL_NETNS_DIR", default_value = "/var/run/netns")]
     netns_dir: PathBuf,
+    /// The first wait before retrying to capture (or release) a pod (milliseconds); it doubles
+    /// with every failure up to --retry-max-ms. A ztunnel connecting retries at once anyway.
+    #[arg(long, env = "MESHTUNNEL_RETRY_MIN_MS", default_value_t = 200)]
+    retry_min_ms: u64,
     /// The longest wait between two attempts to capture (or release) a pod (milliseconds);
     /// attempts never stop while the pod should be captured.
     #[arg(long, env = "MESHTUNNEL_RETRY_MAX_MS", default_value_t = 30_000)]
@@ -124,7 +128,10 @@ struct AgentArgs {
 impl AgentArgs {
     fn config(&self) -> anyhow::Result<AgentConfig> {
         anyhow::ensure!(!self.node_name.is_empty(), "--node-name must not be empty");
-        anyhow::ensure!(self.retry_max_ms > 0, "--retry-max-ms must be positive");
+        anyhow::ensure!(
+            0 < self.retry_min_ms && self.retry_min_ms <= self.retry_max_ms,
+            "need 0 < --retry-min-ms <= --retry-max-ms"
+        );
         let backend = match self.redirect_backend {
             BackendArg::Auto => redirect::detect_backend(),
             BackendArg::Iptables => Backend::Iptables,
@@ -136,7 +143,7 @@ impl AgentArgs {
         cfg.redirect = RedirectConfig::default();
         cfg.netns_dir = self.netns_dir.clone();
         cfg.retry_max = Duration::from_millis(self.retry_max_ms);
-        cfg.retry_base = cfg.retry_base.min(cfg.retry_max);
+        cfg.retry_base = Duration::from_millis(self.retry_min_ms);
         cfg.pod_wait = Duration::from_millis(self.pod_wait_ms);
         Ok(cfg)
     }
@@ -233,6 +240,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Registered first: a SIGTERM during start-up (copying the plugin can take a while) must
+    // still mean a clean stop, not death by the default action.
+    let stop_signal = shutdown_signal()?;
     let cfg = args.install.config()?;
     let agent_cfg = args.agent.config()?;
     let client = args.agent.client().await?;
@@ -260,7 +270,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let served = tokio::spawn(server.serve(async move {
         let _ = stop_serve.recv().await;
     }));
-    shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("stopping; meshtunnel-cni stays installed so pods keep failing closed");
     let _ = stop_tx.send(());
     let _ = tokio::join!(watcher, served);
@@ -268,11 +278,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -54,6 +54,8 @@ pub struct Node {
     next_ip: u8,
     agent: Option<ChildGuard>,
     pub backend: &'static str,
+    /// Environment for the agent on top of the defaults (set before start_agent).
+    pub extra_env: Vec<(&'static str, &'static str)>,
 }
 
 impl Node {
@@ -80,6 +82,7 @@ impl Node {
             next_ip: 2,
             agent: None,
             backend,
+            extra_env: Vec::new(),
         }
     }
 
@@ -116,6 +119,9 @@ impl Node {
             .env("ZTUNNEL_UDS_ADDRESS", self.zds_path())
             .env("MESHTUNNEL_REDIRECT_BACKEND", self.backend)
             .env("MESHTUNNEL_RETRY_MAX_MS", "1000");
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
         cmd
     }
 
