@@ -11,7 +11,7 @@ use containerd::mesh::{NodeMesh, AGENT_TIMEOUT_MS};
 use containerd::probe::{
     addrs_in, carried_by_ztunnel, eventually, exchange, has_capture_rules, listening_ports,
 };
-use containerd::{CriNode, PodRef, REQUIRED_TOOLS};
+use containerd::{containerd_installed, CriNode, PodRef};
 use meshtunnel_e2e::mesh::{find_binary, run_cmd};
 use serde_json::json;
 
@@ -20,14 +20,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A fresh node, or `None` (with a message) when containerd is not installed outside CI. In CI
 /// (`CI` set) a missing runtime is a failure: scripts/setup-system.sh installs it there.
 fn node_or_skip(test: &str) -> Option<CriNode> {
-    let missing: Vec<&str> = REQUIRED_TOOLS
-        .into_iter()
-        .filter(|t| !Path::new(t).exists())
-        .collect();
-    if !missing.is_empty() {
+    if !containerd_installed() {
         let msg = format!(
-            "{test}: needs {missing:?} (apt-get install containerd runc busybox-static, or run \
-             scripts/setup-system.sh)"
+            "{test}: containerd is not installed (apt-get install containerd runc \
+             busybox-static, or run scripts/setup-system.sh)"
         );
         if std::env::var_os("CI").is_some() {
             panic!("{msg}");
