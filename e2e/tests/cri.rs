@@ -496,3 +496,69 @@ fn a_running_pod_follows_its_namespace_label_across_an_agent_restart() {
     node.stop_and_remove(&id)
         .unwrap_or_else(|e| fail(&mesh, &node, e));
 }
+
+#[test]
+fn an_agent_started_after_the_runtime_captures_old_pods_and_chains_into_the_live_cri() {
+    let Some(mut node) = node_or_skip("cri agent after runtime") else {
+        return;
+    };
+    let mut mesh = NodeMesh::new(&node).unwrap();
+    mesh.namespace("demo", json!({"istio.io/dataplane-mode": "ambient"}))
+        .unwrap();
+    let old_uid = mesh.pod("demo", "old-0", "sa-old").unwrap();
+    let new_uid = mesh.pod("demo", "new-0", "sa-new").unwrap();
+
+    // The runtime is up before meshtunnel is installed: a labelled pod starts uncaptured.
+    node.start_containerd(START_TIMEOUT).unwrap();
+    assert!(!node.loaded_cni_config().unwrap().contains("meshtunnel-cni"));
+    let old = node
+        .run_pod_sandbox(&pod("demo", "old-0", &old_uid))
+        .unwrap_or_else(|e| fail(&mesh, &node, e));
+    let old_info = node.sandbox_status(&old).unwrap();
+    mesh.pod_running("demo", "old-0", &old_info.ip).unwrap();
+    let old_netns = old_info.netns.clone().expect("sandbox netns");
+    assert!(!has_capture_rules(&old_netns));
+
+    mesh.start_agent(&node, START_TIMEOUT).unwrap();
+    mesh.start_ztunnel(&node, START_TIMEOUT).unwrap();
+
+    // The running pod is captured without a restart, its netns found by its IP.
+    let captured = eventually(Duration::from_secs(60), || {
+        has_capture_rules(&old_netns)
+            && mesh.redirection("demo", "old-0").as_deref() == Some("enabled")
+            && listening_ports(&old_netns).contains(&15008)
+    });
+    assert!(
+        captured,
+        "the pod started before the agent was not captured\n{}",
+        mesh.logs()
+    );
+
+    // The CRI notices the rewritten conflist by itself; from then on new pods are captured
+    // before RunPodSandbox returns.
+    assert!(
+        eventually(Duration::from_secs(60), || node
+            .loaded_cni_config()
+            .is_ok_and(|c| c.contains("meshtunnel-cni"))),
+        "the CRI never loaded the chained conflist:\n{}",
+        node.loaded_cni_config().unwrap_or_default()
+    );
+    let new = node
+        .run_pod_sandbox(&pod("demo", "new-0", &new_uid))
+        .unwrap_or_else(|e| fail(&mesh, &node, e));
+    let new_netns = node
+        .sandbox_status(&new)
+        .unwrap()
+        .netns
+        .expect("sandbox netns");
+    assert!(has_capture_rules(&new_netns), "{}", mesh.logs());
+    assert_eq!(
+        mesh.redirection("demo", "new-0").as_deref(),
+        Some("enabled")
+    );
+
+    node.stop_and_remove(&new)
+        .unwrap_or_else(|e| fail(&mesh, &node, e));
+    node.stop_and_remove(&old)
+        .unwrap_or_else(|e| fail(&mesh, &node, e));
+}

@@ -114,6 +114,18 @@ impl CriClient {
         Ok((!not_ready.is_empty()).then(|| not_ready.join("; ")))
     }
 
+    /// The CNI network config the CRI has loaded, as its verbose Status reports it (JSON).
+    pub fn loaded_cni_config(&self) -> Result<String> {
+        let resp = self
+            .rt
+            .block_on(self.runtime().status(StatusRequest { verbose: true }))?
+            .into_inner();
+        resp.info
+            .get("cniconfig")
+            .cloned()
+            .context("the CRI's verbose Status has no cniconfig")
+    }
+
     /// Whether the CRI's image store has `image` (it learns of imports through events).
     pub fn has_image(&self, image: &str) -> Result<bool> {
         let mut client = ImageServiceClient::new(self.channel.clone());

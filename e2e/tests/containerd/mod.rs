@@ -212,6 +212,11 @@ impl CriNode {
         self.cri().run_pod_sandbox(pod, &log_dir, &cgroup)
     }
 
+    /// The CNI config the CRI is using now (it reloads the conf dir on change, asynchronously).
+    pub fn loaded_cni_config(&self) -> Result<String> {
+        self.cri().loaded_cni_config()
+    }
+
     pub fn sandbox_status(&self, id: &str) -> Result<SandboxInfo> {
         self.cri().sandbox_status(id)
     }
