@@ -204,6 +204,8 @@ impl NodeMesh {
             .env("ZTUNNEL_UDS_ADDRESS", self.zds_socket())
             .env("MESHTUNNEL_REDIRECT_BACKEND", "nftables")
             .env("MESHTUNNEL_NETNS_DIR", node.sandbox_netns_dir())
+            // Running pods are found among the CRI's netns files only, never another test's.
+            .env("MESHTUNNEL_NETNS_SCAN_PROC", "false")
             // A pod the API does not have is refused after this long.
             .env("MESHTUNNEL_CNI_POD_WAIT_MS", "2000")
             .env("MESHTUNNEL_RETRY_MAX_MS", "1000")
