@@ -3,7 +3,7 @@
 # apt is only touched when something is missing.
 set -euo pipefail
 
-packages=(iproute2 iptables nftables tshark iperf3 procps containernetworking-plugins)
+packages=(iproute2 iptables nftables tshark iperf3 procps containernetworking-plugins containerd runc busybox-static protobuf-compiler)
 
 missing=()
 for p in "${packages[@]}"; do
