@@ -1,17 +1,39 @@
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// ztunnel: the per-node mesh tunnel. Captures meshed pods' TCP (handed over by the CNI agent
 /// over ZDS) and carries it between nodes over HBONE (HTTP/2 CONNECT inside mutual TLS).
+/// Without a subcommand it runs the daemon.
 #[derive(Parser, Debug)]
-#[command(name = "ztunnel", version, about, long_about = None)]
+#[command(name = "ztunnel", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     #[command(flatten)]
     settings: meshtunnel::config::Settings,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect a running ztunnel through its admin API (run on its node).
+    Debug(meshtunnel::debug::DebugArgs),
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    meshtunnel::logging::init(&cli.settings.log_level, cli.settings.log_format);
+    if let Some(Command::Debug(args)) = &cli.command {
+        return match meshtunnel::debug::run(args) {
+            Ok(out) => {
+                print!("{out}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ztunnel debug: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let log = meshtunnel::logging::init(&cli.settings.log_level, cli.settings.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,7 +44,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(meshtunnel::app::run(cli.settings)) {
+    match rt.block_on(meshtunnel::app::run(cli.settings, log)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::{connect, ProxyInputs};
 use crate::hbone::{self, check_connect, LocalTargets};
 use crate::identity::{peer_identity, Identity};
+use crate::metrics::ResponseFlags;
 
 pub(super) async fn handle(
     inputs: Arc<ProxyInputs>,
@@ -61,15 +62,15 @@ async fn stream(
             return;
         }
     };
+    let meter = inputs.meter.inbound(&snapshot, peer, target, Some(&client));
     drop(snapshot);
     // The outer connection comes from the client pod's own namespace, so its source IP is the
     // client pod's IP: that is what the app should see.
     let app = match connect(inputs.factory.as_ref(), target, Some(peer.ip())).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::info!(uid = %inputs.uid, %peer, %target, error = %e, "HBONE upstream connect failed");
             hbone::reject(respond, StatusCode::SERVICE_UNAVAILABLE);
-            return;
+            return meter.fail(ResponseFlags::Connect, &e);
         }
     };
     tracing::debug!(uid = %inputs.uid, %peer, client_identity = %client, server_identity = %inputs.identity,
@@ -78,12 +79,8 @@ async fn stream(
         Ok(s) => s,
         Err(_) => return,
     };
-    match hbone::copy_bidirectional(app, send, req.into_body()).await {
-        Ok(m) => {
-            tracing::debug!(uid = %inputs.uid, %client, %target, sent = m.tcp_to_h2, received = m.h2_to_tcp, "inbound closed")
-        }
-        Err(e) => {
-            tracing::debug!(uid = %inputs.uid, %client, %target, error = %e, "inbound ended with error")
-        }
-    }
+    let (to_client, to_app) = (meter.server_to_client(), meter.client_to_server());
+    let moved = hbone::copy_bidirectional_metered(app, send, req.into_body(), to_client, to_app);
+    let moved = moved.await.map(drop);
+    meter.finish(moved);
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::{connect, original_dst, ProxyInputs};
+use crate::metrics::ResponseFlags;
 
 pub(super) async fn handle(inputs: Arc<ProxyInputs>, client: TcpStream, src: SocketAddr) {
     let dst = match original_dst(&client) {
@@ -20,17 +21,12 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, client: TcpStream, src: Soc
         tracing::warn!(uid = %inputs.uid, %src, %dst, "refusing plaintext connection to a ztunnel port");
         return;
     }
-    let result = async {
-        let app = connect(inputs.factory.as_ref(), dst, Some(src.ip())).await?;
-        crate::copy::copy_bidirectional(client, app).await
-    }
-    .await;
-    match result {
-        Ok((a, b)) => {
-            tracing::debug!(uid = %inputs.uid, %src, %dst, sent = a, received = b, "inbound plaintext closed")
-        }
-        Err(e) => {
-            tracing::info!(uid = %inputs.uid, %src, %dst, error = %e, "inbound plaintext failed")
-        }
-    }
+    let meter = inputs.meter.inbound(&inputs.state.current(), src, dst, None);
+    let app = match connect(inputs.factory.as_ref(), dst, Some(src.ip())).await {
+        Ok(s) => s,
+        Err(e) => return meter.fail(ResponseFlags::Connect, &e),
+    };
+    let (up, down) = (meter.client_to_server(), meter.server_to_client());
+    let moved = crate::copy::copy_bidirectional_metered(client, app, up, down).await;
+    meter.finish(moved.map(drop));
 }
