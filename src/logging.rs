@@ -5,6 +5,7 @@
 //! Access log lines use the target `access`: `connection opened` at debug, `connection
 //! complete` at info (so `RUST_LOG=info` shows one line per connection, `access=off` none).
 
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -49,7 +50,10 @@ pub fn init(level: &str, format: LogFormat) -> LogHandle {
         Err(_) => ("info", EnvFilter::new("info")),
     };
     let (filter, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a person at a terminal, not in files and log collectors.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Plain => registry.with(fmt).try_init(),

@@ -15,7 +15,7 @@ pub fn get(admin: SocketAddr, path: &str) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(tokio::time::timeout(TIMEOUT, fetch(admin, path)))
+    rt.block_on(async { tokio::time::timeout(TIMEOUT, fetch(admin, path)).await })
         .with_context(|| format!("admin API at {admin} did not answer within {TIMEOUT:?}"))?
 }
 
