@@ -9,11 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::config::{self, Settings};
-use crate::logging::LogHandle;
-use crate::metrics::Metrics;
 use crate::hbone::H2Settings;
 use crate::identity::{CertManager, LocalCa, TlsContext};
 use crate::inpod::{self, PodInfo, ProxyConfig, WorkloadManager};
+use crate::logging::LogHandle;
+use crate::metrics::Metrics;
 use crate::proxy::Ports;
 use crate::state::{ConfigSnapshot, State};
 use crate::zds;

@@ -384,7 +384,10 @@ impl Mesh {
                 .nth(1)
                 .and_then(|c| c.parse().ok())
                 .context("malformed HTTP response")?;
-            let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+            let body = resp
+                .split_once("\r\n\r\n")
+                .map_or("", |(_, b)| b)
+                .to_owned();
             Ok((code, body))
         })
     }
@@ -407,7 +410,10 @@ impl Mesh {
     /// The ztunnel binary as a command run inside the node's namespace (`ztunnel debug ...`).
     pub fn ztunnel_command(&self, node: NodeId) -> Result<Command> {
         let bin = self.ztunnel_bin()?;
-        Ok(self.topo.node(node).command(bin.to_str().unwrap_or("ztunnel")))
+        Ok(self
+            .topo
+            .node(node)
+            .command(bin.to_str().unwrap_or("ztunnel")))
     }
 
     pub fn wait_ready(&self, node: NodeId, timeout: Duration) -> Result<()> {

@@ -44,7 +44,10 @@ fn admin_api_answers_on_loopback_only_with_a_config_dump() {
     assert_eq!(dump["pods"][0]["uid"], mesh.uid("a1"));
     assert!(dump["pods"][0]["netnsInode"].as_u64().unwrap() > 0);
     let certs = dump["certificates"].as_array().unwrap();
-    let ids: Vec<&str> = certs.iter().map(|c| c["identity"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = certs
+        .iter()
+        .map(|c| c["identity"].as_str().unwrap())
+        .collect();
     assert_eq!(
         ids,
         [
@@ -66,7 +69,10 @@ fn admin_api_answers_on_loopback_only_with_a_config_dump() {
     }
     // Unknown paths and wrong methods are refused with the right status.
     assert_eq!(mesh.admin(NodeId::A, "GET", "/nope").unwrap().0, 404);
-    assert_eq!(mesh.admin(NodeId::A, "GET", "/quitquitquit").unwrap().0, 405);
+    assert_eq!(
+        mesh.admin(NodeId::A, "GET", "/quitquitquit").unwrap().0,
+        405
+    );
 }
 
 #[test]
@@ -86,7 +92,10 @@ fn logging_level_changes_at_runtime() {
         .admin(NodeId::A, "POST", "/logging?level=info,access=debug")
         .unwrap();
     assert_eq!(code, 200, "{body}");
-    assert_eq!(json(&mesh, NodeId::A, "/logging")["level"], "info,access=debug");
+    assert_eq!(
+        json(&mesh, NodeId::A, "/logging")["level"],
+        "info,access=debug"
+    );
     once(b"at debug");
     assert!(mesh.logs(NodeId::A).contains("connection opened"));
 
@@ -96,13 +105,19 @@ fn logging_level_changes_at_runtime() {
         .unwrap();
     assert_eq!(code, 400, "{body}");
     assert_eq!(mesh.admin(NodeId::A, "POST", "/logging").unwrap().0, 400);
-    assert_eq!(json(&mesh, NodeId::A, "/logging")["level"], "info,access=debug");
+    assert_eq!(
+        json(&mesh, NodeId::A, "/logging")["level"],
+        "info,access=debug"
+    );
     // Percent-encoded module filters work.
     let (code, _) = mesh
         .admin(NodeId::A, "PUT", "/logging?level=warn%2Cmeshtunnel%3Dtrace")
         .unwrap();
     assert_eq!(code, 200);
-    assert_eq!(json(&mesh, NodeId::A, "/logging")["level"], "warn,meshtunnel=trace");
+    assert_eq!(
+        json(&mesh, NodeId::A, "/logging")["level"],
+        "warn,meshtunnel=trace"
+    );
 }
 
 #[test]
@@ -149,7 +164,15 @@ fn debug_cli_prints_tables_and_json() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAMESPACE", "NAME", "IP", "NODE", "PROTOCOL", "IDENTITY", "PROXIED"]
+        [
+            "NAMESPACE",
+            "NAME",
+            "IP",
+            "NODE",
+            "PROTOCOL",
+            "IDENTITY",
+            "PROXIED"
+        ]
     );
     let row = |name: &str| -> Vec<&str> {
         lines
@@ -160,7 +183,15 @@ fn debug_cli_prints_tables_and_json() {
     };
     let a1 = row("a1");
     assert_eq!(a1[2], mesh.pod_ip("a1").to_string());
-    assert_eq!(a1[3..], ["node-a", "HBONE", "spiffe://cluster.local/ns/demo/sa/sa-a1", "yes"]);
+    assert_eq!(
+        a1[3..],
+        [
+            "node-a",
+            "HBONE",
+            "spiffe://cluster.local/ns/demo/sa/sa-a1",
+            "yes"
+        ]
+    );
     assert_eq!(row("b1")[6], "no", "b1 is node B's");
     assert_eq!(row("b2")[4], "TCP");
 
@@ -168,10 +199,17 @@ fn debug_cli_prints_tables_and_json() {
     assert!(svc.lines().nth(1).unwrap().contains("/10.96.0.10"), "{svc}");
     assert!(svc.lines().nth(1).unwrap().contains("80->8080"), "{svc}");
 
-    let certs: Value = serde_json::from_str(&debug_ok(&mesh, NodeId::B, &["certs", "--json"])).unwrap();
-    assert_eq!(certs[0]["identity"], "spiffe://cluster.local/ns/demo/sa/sa-b1");
+    let certs: Value =
+        serde_json::from_str(&debug_ok(&mesh, NodeId::B, &["certs", "--json"])).unwrap();
+    assert_eq!(
+        certs[0]["identity"],
+        "spiffe://cluster.local/ns/demo/sa/sa-b1"
+    );
     let table = debug_ok(&mesh, NodeId::B, &["certs"]);
-    assert!(table.contains("sa-b1") && table.contains("EXPIRES-IN"), "{table}");
+    assert!(
+        table.contains("sa-b1") && table.contains("EXPIRES-IN"),
+        "{table}"
+    );
 
     assert_eq!(debug_ok(&mesh, NodeId::A, &["policies"]).lines().count(), 1);
 

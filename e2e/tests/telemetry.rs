@@ -68,10 +68,22 @@ fn tcp_metrics_on_both_reporters_equal_the_bytes_moved() {
             sample(t, "istio_tcp_connections_closed_total", &labels) == Some(1.0)
         });
         let get = |name| sample(&text, name, &labels);
-        assert_eq!(get("istio_tcp_connections_opened_total"), Some(1.0), "{reporter}\n{text}");
+        assert_eq!(
+            get("istio_tcp_connections_opened_total"),
+            Some(1.0),
+            "{reporter}\n{text}"
+        );
         // Istio's convention on both sides: received = client -> server, sent = back.
-        assert_eq!(get("istio_tcp_received_bytes_total"), Some(n as f64), "{reporter}\n{text}");
-        assert_eq!(get("istio_tcp_sent_bytes_total"), Some(n as f64), "{reporter}\n{text}");
+        assert_eq!(
+            get("istio_tcp_received_bytes_total"),
+            Some(n as f64),
+            "{reporter}\n{text}"
+        );
+        assert_eq!(
+            get("istio_tcp_sent_bytes_total"),
+            Some(n as f64),
+            "{reporter}\n{text}"
+        );
         assert_eq!(get("istio_tcp_connections_failed_total"), None);
         assert!(
             sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6,
@@ -114,7 +126,10 @@ fn failed_connection_is_counted_with_its_reason() {
     let conn = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8081)).unwrap();
     assert!(echo_exact(conn, b"x").is_err());
     let f = "response_flags=\"CONNECT\"";
-    for (node, r) in [(NodeId::A, "reporter=\"source\""), (NodeId::B, "reporter=\"destination\"")] {
+    for (node, r) in [
+        (NodeId::A, "reporter=\"source\""),
+        (NodeId::B, "reporter=\"destination\""),
+    ] {
         let text = wait_metrics(&mesh, node, "failed connection", |t| {
             sample(t, "istio_tcp_connections_failed_total", &[r, f, A1, B1]) == Some(1.0)
         });
@@ -138,8 +153,18 @@ fn byte_counters_move_while_the_connection_is_open() {
 
     let want = chunk.len() as f64;
     for (node, r, pod, dir) in [
-        (NodeId::A, "reporter=\"source\"", "pod=\"a1\"", "direction=\"outbound\""),
-        (NodeId::B, "reporter=\"destination\"", "pod=\"b1\"", "direction=\"inbound\""),
+        (
+            NodeId::A,
+            "reporter=\"source\"",
+            "pod=\"a1\"",
+            "direction=\"outbound\"",
+        ),
+        (
+            NodeId::B,
+            "reporter=\"destination\"",
+            "pod=\"b1\"",
+            "direction=\"inbound\"",
+        ),
     ] {
         let text = wait_metrics(&mesh, node, "bytes of the open connection", |t| {
             sample(t, "istio_tcp_received_bytes_total", &[r, A1]) == Some(want)
@@ -186,7 +211,10 @@ fn series_of_a_removed_pod_are_dropped_within_the_retention() {
     // a2 lives on: its series and gauges stay.
     assert!(text.contains("source_workload=\"a2\""), "{text}");
     assert!(text.contains("pod=\"a2\""), "{text}");
-    assert_eq!(sample(&text, "workload_manager_active_proxy_count", &[]), Some(1.0));
+    assert_eq!(
+        sample(&text, "workload_manager_active_proxy_count", &[]),
+        Some(1.0)
+    );
     // On node B, a1 is a peer that is still in the config: its series stay.
     assert!(mesh.metrics(NodeId::B).unwrap().contains(a1_series));
 }

@@ -18,7 +18,11 @@ pub(super) fn config_dump(a: &Admin) -> Value {
         .certificates()
         .into_iter()
         .map(|c| {
-            let left = c.not_after.duration_since(now).map(|d| d.as_secs()).unwrap_or(0);
+            let left = c
+                .not_after
+                .duration_since(now)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             json!({
                 "identity": c.identity.to_string(),
                 "notBefore": rfc3339(c.not_before),

@@ -35,8 +35,8 @@ pub async fn serve(listener: TcpListener, handler: Handler, stop: CancellationTo
                 let resp = handler(&req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc);
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
             tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
         });
     }

@@ -22,7 +22,9 @@ pub fn get(admin: SocketAddr, path: &str) -> Result<String> {
 async fn fetch(admin: SocketAddr, path: &str) -> Result<String> {
     let tcp = tokio::net::TcpStream::connect(admin)
         .await
-        .with_context(|| format!("connecting to the admin API at {admin} (is ztunnel running here?)"))?;
+        .with_context(|| {
+            format!("connecting to the admin API at {admin} (is ztunnel running here?)")
+        })?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
     let req = http::Request::get(path)

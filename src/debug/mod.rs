@@ -16,7 +16,12 @@ pub struct DebugArgs {
     what: What,
 
     /// Address of the ztunnel admin API.
-    #[arg(long, global = true, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:15000"
+    )]
     admin: SocketAddr,
 
     /// Print JSON instead of a table.

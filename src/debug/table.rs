@@ -55,9 +55,6 @@ mod tests {
         let mut t = Table::new(&["NAME", "IP"]);
         t.row(vec!["a-long-name".into(), "10.0.0.1".into()]);
         t.row(vec!["b".into(), "".into()]);
-        assert_eq!(
-            t.render(),
-            "NAME         IP\na-long-name  10.0.0.1\nb\n"
-        );
+        assert_eq!(t.render(), "NAME         IP\na-long-name  10.0.0.1\nb\n");
     }
 }

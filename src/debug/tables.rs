@@ -29,7 +29,13 @@ pub fn workloads(dump: &Value) -> String {
         .filter_map(|p| p.get("uid")?.as_str())
         .collect();
     let mut t = Table::new(&[
-        "NAMESPACE", "NAME", "IP", "NODE", "PROTOCOL", "IDENTITY", "PROXIED",
+        "NAMESPACE",
+        "NAME",
+        "IP",
+        "NODE",
+        "PROTOCOL",
+        "IDENTITY",
+        "PROXIED",
     ]);
     for w in list(dump, "workloads") {
         let identity = format!(
@@ -53,7 +59,14 @@ pub fn workloads(dump: &Value) -> String {
 }
 
 pub fn services(dump: &Value) -> String {
-    let mut t = Table::new(&["NAMESPACE", "NAME", "HOSTNAME", "VIPS", "PORTS", "ENDPOINTS"]);
+    let mut t = Table::new(&[
+        "NAMESPACE",
+        "NAME",
+        "HOSTNAME",
+        "VIPS",
+        "PORTS",
+        "ENDPOINTS",
+    ]);
     for svc in list(dump, "services") {
         let key = format!("{}/{}", s(&svc["namespace"]), s(&svc["hostname"]));
         let endpoints = list(dump, "workloads")
@@ -154,7 +167,10 @@ mod tests {
         let d = dump();
         let svc = services(&d);
         assert!(svc.lines().nth(1).unwrap().contains("80->8080"), "{svc}");
-        assert!(svc.lines().nth(1).unwrap().trim_end().ends_with('1'), "{svc}");
+        assert!(
+            svc.lines().nth(1).unwrap().trim_end().ends_with('1'),
+            "{svc}"
+        );
         let pol = policies(&d);
         assert!(pol.contains("deny-db") && pol.contains("Deny"), "{pol}");
         let c = certs(&d);

@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -56,6 +56,7 @@ pub struct ConnMeter {
     metrics: Option<Arc<Metrics>>,
     labels: Arc<TrafficLabels>,
     closed: Option<Counter>,
+    open: Option<Arc<AtomicUsize>>,
     up: Direction,
     down: Direction,
     gauge: Gauge,
@@ -77,6 +78,7 @@ impl ConnMeter {
             metrics: Some(metrics),
             labels,
             closed: Some(cached.closed),
+            open: Some(cached.open),
             up: Direction::new(Some(cached.received)),
             down: Direction::new(Some(cached.sent)),
             gauge,
@@ -94,6 +96,7 @@ impl ConnMeter {
             metrics: None,
             labels: Arc::new(labels),
             closed: None,
+            open: None,
             up: Direction::new(None),
             down: Direction::new(None),
             gauge,
@@ -169,7 +172,10 @@ impl ConnMeter {
                 m.series
                     .inc_flagged(&m.traffic.failed, &self.labels.with_flags(flags));
             }
-            m.series.close(&self.labels);
+        }
+        if let Some(open) = &self.open {
+            // After the counters: once this reads 0 the series may be swept.
+            open.fetch_sub(1, Ordering::Release);
         }
         self.gauge.dec();
         let l = &self.labels;

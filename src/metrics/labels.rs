@@ -210,8 +210,13 @@ fn first_set<'a>(a: &'a str, b: &'a str) -> &'a str {
 }
 
 fn principal(id: &Identity) -> Value {
-    let mut s = String::with_capacity(64);
-    let _ = write!(s, "{id}");
+    spiffe(&id.trust_domain, &id.namespace, &id.service_account)
+}
+
+/// The same text as `Identity`'s Display, without building an `Identity` first.
+fn spiffe(td: &str, ns: &str, sa: &str) -> Value {
+    let mut s = String::with_capacity(24 + td.len() + ns.len() + sa.len());
+    let _ = write!(s, "spiffe://{td}/ns/{ns}/sa/{sa}");
     Value(s)
 }
 
@@ -249,7 +254,7 @@ impl TrafficLabels {
             l.destination_canonical_service = d.canonical_service.into();
             l.destination_canonical_revision = d.canonical_revision.into();
             l.destination_workload_namespace = w.namespace.as_str().into();
-            l.destination_principal = principal(&w.identity());
+            l.destination_principal = spiffe(&w.trust_domain, &w.namespace, &w.service_account);
             l.destination_app = d.canonical_service.into();
             l.destination_version = d.canonical_revision.into();
             l.destination_cluster = w.cluster_id.as_str().into();

@@ -145,7 +145,8 @@ fn encodes_with_istio_names_and_values() {
     });
     let fam = Family::<TrafficLabels, Counter>::default();
     fam.get_or_create(&l).inc_by(7);
-    fam.get_or_create(&l.with_flags(ResponseFlags::Connect)).inc();
+    fam.get_or_create(&l.with_flags(ResponseFlags::Connect))
+        .inc();
     let mut reg = Registry::with_prefix("istio");
     reg.register("tcp_connections_opened", "x", fam);
     let mut out = String::new();
@@ -154,7 +155,10 @@ fn encodes_with_istio_names_and_values() {
         .lines()
         .find(|l| l.contains("response_flags=\"-\""))
         .unwrap();
-    assert!(line.starts_with("istio_tcp_connections_opened_total{reporter=\"source\","), "{line}");
+    assert!(
+        line.starts_with("istio_tcp_connections_opened_total{reporter=\"source\","),
+        "{line}"
+    );
     for want in [
         "source_workload=\"a1\"",
         "source_principal=\"spiffe://cluster.local/ns/demo/sa/sa-a1\"",

@@ -2,6 +2,7 @@
 //! dropped after the retention period instead of piling up for the life of the process.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -27,12 +28,15 @@ pub(super) struct Cached {
     pub closed: Counter,
     pub sent: Counter,
     pub received: Counter,
+    /// Connections open on this label set; the connection decrements it on close without
+    /// taking the lock. The sweep only drops a series it reads as 0 under the lock, and opens
+    /// increment under the lock, so a series in use is never dropped.
+    pub open: Arc<AtomicUsize>,
 }
 
 struct Entry {
     labels: Arc<TrafficLabels>,
     cached: Cached,
-    open: usize,
     owners: HashSet<Owner>,
     gone_since: Option<Instant>,
 }
@@ -82,7 +86,7 @@ impl Series {
     ) -> (Arc<TrafficLabels>, Cached) {
         let mut g = self.lock();
         if let Some(e) = g.traffic.get_mut(&labels) {
-            e.open += 1;
+            e.cached.open.fetch_add(1, Ordering::Relaxed);
             e.gone_since = None;
             if !e.owners.contains(&owner) {
                 e.owners.insert(owner);
@@ -94,6 +98,7 @@ impl Series {
             closed: traffic.closed.get_or_create_owned(&labels),
             sent: traffic.sent.get_or_create_owned(&labels),
             received: traffic.received.get_or_create_owned(&labels),
+            open: Arc::new(AtomicUsize::new(1)),
         };
         let labels = Arc::new(labels);
         g.traffic.insert(
@@ -101,7 +106,6 @@ impl Series {
             Entry {
                 labels: labels.clone(),
                 cached: cached.clone(),
-                open: 1,
                 owners: HashSet::from([owner]),
                 gone_since: None,
             },
@@ -113,12 +117,6 @@ impl Series {
     pub fn inc_flagged(&self, family: &Family<TrafficLabels, Counter>, labels: &TrafficLabels) {
         let _g = self.lock();
         family.get_or_create(labels).inc();
-    }
-
-    pub fn close(&self, labels: &TrafficLabels) {
-        if let Some(e) = self.lock().traffic.get_mut(labels) {
-            e.open = e.open.saturating_sub(1);
-        }
     }
 
     pub fn add_pod(
@@ -166,7 +164,7 @@ impl Series {
         t.retain(|labels, e| {
             e.owners
                 .retain(|o| pod_alive(&o.pod) && o.peer.as_deref().is_none_or(peer_alive));
-            let alive = e.open > 0 || !e.owners.is_empty();
+            let alive = e.cached.open.load(Ordering::Relaxed) > 0 || !e.owners.is_empty();
             if expired(&mut e.gone_since, alive) {
                 traffic.remove(labels);
                 return false;

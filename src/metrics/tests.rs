@@ -60,28 +60,56 @@ fn a_connection_counts_open_bytes_while_open_and_close() {
     c.client_to_server().moved(1000);
     c.server_to_client().moved(30);
     let text = m.encode();
-    let opened = sample(&text, "istio_tcp_connections_opened_total", &["reporter=\"source\""]);
+    let opened = sample(
+        &text,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"source\""],
+    );
     assert_eq!(opened, Some(1.0), "{text}");
     // Bytes show up before the connection ends.
-    assert_eq!(sample(&text, "istio_tcp_received_bytes_total", &[]), Some(1000.0));
-    assert_eq!(sample(&text, "istio_tcp_sent_bytes_total", &[]), Some(30.0));
-    assert_eq!(sample(&text, "istio_tcp_connections_closed_total", &[]), Some(0.0));
     assert_eq!(
-        sample(&text, "ztunnel_pod_active_connections", &["pod=\"a1\"", "direction=\"outbound\""]),
+        sample(&text, "istio_tcp_received_bytes_total", &[]),
+        Some(1000.0)
+    );
+    assert_eq!(sample(&text, "istio_tcp_sent_bytes_total", &[]), Some(30.0));
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_closed_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ztunnel_pod_active_connections",
+            &["pod=\"a1\"", "direction=\"outbound\""]
+        ),
         Some(1.0)
     );
-    assert_eq!(sample(&text, "workload_manager_active_proxy_count", &[]), Some(1.0));
+    assert_eq!(
+        sample(&text, "workload_manager_active_proxy_count", &[]),
+        Some(1.0)
+    );
     c.finish(Ok::<(), std::io::Error>(()));
     let text = m.encode();
     assert_eq!(
-        sample(&text, "istio_tcp_connections_closed_total", &["response_flags=\"-\""]),
+        sample(
+            &text,
+            "istio_tcp_connections_closed_total",
+            &["response_flags=\"-\""]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&text, "ztunnel_pod_active_connections", &["direction=\"outbound\""]),
+        sample(
+            &text,
+            "ztunnel_pod_active_connections",
+            &["direction=\"outbound\""]
+        ),
         Some(0.0)
     );
-    assert_eq!(sample(&text, "istio_tcp_connections_failed_total", &[]), None);
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_failed_total", &[]),
+        None
+    );
 }
 
 #[test]
@@ -95,14 +123,27 @@ fn failures_carry_the_response_flag_and_drops_count_as_closed() {
     let text = m.encode();
     for flag in ["CONNECT", "DENY"] {
         let f = format!("response_flags=\"{flag}\"");
-        assert_eq!(sample(&text, "istio_tcp_connections_failed_total", &[&f]), Some(1.0));
-        assert_eq!(sample(&text, "istio_tcp_connections_closed_total", &[&f]), Some(1.0));
+        assert_eq!(
+            sample(&text, "istio_tcp_connections_failed_total", &[&f]),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "istio_tcp_connections_closed_total", &[&f]),
+            Some(1.0)
+        );
     }
     assert_eq!(
-        sample(&text, "istio_tcp_connections_closed_total", &["response_flags=\"-\""]),
+        sample(
+            &text,
+            "istio_tcp_connections_closed_total",
+            &["response_flags=\"-\""]
+        ),
         Some(1.0)
     );
-    assert_eq!(sample(&text, "istio_tcp_connections_opened_total", &[]), Some(3.0));
+    assert_eq!(
+        sample(&text, "istio_tcp_connections_opened_total", &[]),
+        Some(3.0)
+    );
     assert_eq!(m.tracked_series(), 1);
 }
 
@@ -135,7 +176,10 @@ fn series_of_a_removed_pod_go_after_the_retention_and_not_before() {
     assert_eq!(m.tracked_series(), 0);
     let text = m.encode();
     assert!(!text.contains("a1"), "{text}");
-    assert_eq!(sample(&text, "workload_manager_active_proxy_count", &[]), Some(0.0));
+    assert_eq!(
+        sample(&text, "workload_manager_active_proxy_count", &[]),
+        Some(0.0)
+    );
 }
 
 #[test]

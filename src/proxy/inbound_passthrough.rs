@@ -21,7 +21,9 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, client: TcpStream, src: Soc
         tracing::warn!(uid = %inputs.uid, %src, %dst, "refusing plaintext connection to a ztunnel port");
         return;
     }
-    let meter = inputs.meter.inbound(&inputs.state.current(), src, dst, None);
+    let meter = inputs
+        .meter
+        .inbound(&inputs.state.current(), src, dst, None);
     let app = match connect(inputs.factory.as_ref(), dst, Some(src.ip())).await {
         Ok(s) => s,
         Err(e) => return meter.fail(ResponseFlags::Connect, &e),
