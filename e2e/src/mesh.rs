@@ -64,6 +64,8 @@ pub struct MeshOptions {
     pub release_binary: bool,
     /// Extra environment for both ztunnels (settings such as METRICS_RETENTION).
     pub env: Vec<(String, String)>,
+    /// The config file's `policies:` list (YAML list items), written at start.
+    pub policies: String,
 }
 
 impl Default for MeshOptions {
@@ -79,6 +81,7 @@ impl Default for MeshOptions {
             log_level: "info".into(),
             release_binary: false,
             env: Vec::new(),
+            policies: String::new(),
         }
     }
 }
@@ -202,8 +205,14 @@ impl Mesh {
     }
 
     /// Writes the local config file (upstream ztunnel's local-config schema) listing `pods`
-    /// that have `in_config`, plus a service `echo` (VIP 10.96.0.10:80 -> 8080) backed by b1.
+    /// that have `in_config`, plus a service `echo` (VIP 10.96.0.10:80 -> 8080) backed by b1,
+    /// and the policies of the mesh options.
     pub fn write_config(&self, pods: &[PodSpec]) -> Result<()> {
+        self.write_config_with(pods, &self.opts.policies)
+    }
+
+    /// As [`Mesh::write_config`], with `policies` (YAML list items) as the `policies:` list.
+    pub fn write_config_with(&self, pods: &[PodSpec], policies: &str) -> Result<()> {
         let mut y = String::from("workloads:\n");
         for p in pods.iter().filter(|p| p.in_config) {
             let svc = if p.name == "b1" {
@@ -225,6 +234,10 @@ impl Mesh {
         y += &format!(
             "services:\n- name: echo\n  namespace: {NAMESPACE}\n  hostname: echo.{NAMESPACE}.svc.cluster.local\n  vips: [\"/10.96.0.10\"]\n  ports:\n    80: 8080\n  subjectAltNames: []\n"
         );
+        if !policies.is_empty() {
+            y += "policies:\n";
+            y += policies;
+        }
         // Write-then-rename: the watcher must never read half a file.
         let tmp = self.dir.path().join("config.yaml.tmp");
         std::fs::write(&tmp, y)?;

@@ -219,3 +219,116 @@ fn debug_cli_prints_tables_and_json() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
+
+/// b1 refuses a1 by policy; a2 is allowed by default (no ALLOW policy).
+fn deny_a1() -> MeshOptions {
+    MeshOptions {
+        policies:
+            "- {name: deny-a1, namespace: demo, scope: Namespace, action: Deny, dryRun: false, \
+                   rules: [[[{principals: [!Exact cluster.local/ns/demo/sa/sa-a1]}]]]}\n"
+                .into(),
+        ..MeshOptions::default()
+    }
+}
+
+#[test]
+fn debug_explain_names_the_deciding_policy_and_agrees_with_enforcement() {
+    let mesh = Mesh::start(deny_a1()).unwrap();
+    let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
+    let b1 = mesh.addr("b1", 8080).to_string();
+    let src = |pod: &str| mesh.pod_ip(pod).to_string();
+
+    let out = debug_ok(
+        &mesh,
+        NodeId::B,
+        &["explain", "--src-ip", &src("a1"), "--dst", &b1],
+    );
+    assert!(
+        out.contains(&format!(
+            "demo/b1 {b1}: DENIED by policy demo/deny-a1 rule 0"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("spiffe://cluster.local/ns/demo/sa/sa-a1"),
+        "{out}"
+    );
+    let out = debug_ok(
+        &mesh,
+        NodeId::B,
+        &["explain", "--src-ip", &src("a2"), "--dst", &b1],
+    );
+    assert!(
+        out.contains(&format!("demo/b1 {b1}: ALLOWED by default")),
+        "{out}"
+    );
+    // Without its certificate (plaintext) the principal cannot match: allowed.
+    let out = debug_ok(
+        &mesh,
+        NodeId::B,
+        &[
+            "explain",
+            "--src-ip",
+            &src("a1"),
+            "--plaintext",
+            "--dst",
+            &b1,
+        ],
+    );
+    assert!(out.contains("ALLOWED"), "{out}");
+    // Through the VIP, the endpoint b1 with the mapped port.
+    let v: Value = serde_json::from_str(&debug_ok(
+        &mesh,
+        NodeId::A,
+        &[
+            "explain",
+            "--json",
+            "--src-ip",
+            &src("a1"),
+            "--dst",
+            "10.96.0.10:80",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(v["results"][0]["dst"], b1);
+    assert_eq!(v["results"][0]["decision"]["verdict"], "deny");
+    // A question it cannot answer: an error naming the problem, exit status 1.
+    let out = debug(
+        &mesh,
+        NodeId::B,
+        &["explain", "--src-ip", &src("a1"), "--dst", "192.0.2.1:80"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a workload"));
+
+    // What explain said is what happens, and the refusal is counted on both reporters.
+    let refused = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080))
+        .and_then(|c| echo_exact(c, b"denied?"));
+    assert!(refused.is_err(), "a1 got through");
+    let allowed = connect_from(mesh.pod_ns("a2"), mesh.addr("b1", 8080)).unwrap();
+    echo_exact(allowed, b"allowed").unwrap();
+    let deny = "response_flags=\"DENY\"";
+    let a1 = "source_principal=\"spiffe://cluster.local/ns/demo/sa/sa-a1\"";
+    for (node, r) in [
+        (NodeId::A, "reporter=\"source\""),
+        (NodeId::B, "reporter=\"destination\""),
+    ] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = mesh.metrics(node).unwrap();
+            let failed = text.lines().any(|l| {
+                l.starts_with("istio_tcp_connections_failed_total{")
+                    && [r, deny, a1].iter().all(|w| l.contains(w))
+                    && l.ends_with(" 1")
+            });
+            if failed {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no DENY failure on {r}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

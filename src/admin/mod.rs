@@ -3,6 +3,7 @@
 //! and stop ztunnel.
 
 mod dump;
+mod explain;
 pub mod http;
 
 use std::sync::Arc;
@@ -31,7 +32,9 @@ const INDEX: &str = "ztunnel admin\n\
   GET  /config_dump              workloads, services, policies, certificates, pod proxies (JSON)\n\
   GET  /logging                  the log filter in force\n\
   POST /logging?level=FILTER     change it (e.g. debug, info,access=debug, meshtunnel=trace)\n\
-  POST /quitquitquit             drain and exit, as on SIGTERM\n";
+  POST /quitquitquit             drain and exit, as on SIGTERM\n\
+  GET  /debug/explain?src_ip=IP&dst=IP:PORT[&src_identity=SPIFFE-ID|&plaintext=true]\n\
+                                 would a connection be allowed, and which policy decides (JSON)\n";
 
 impl Admin {
     fn handle(&self, req: &Request<Incoming>) -> Response<http::Body> {
@@ -56,12 +59,24 @@ impl Admin {
                     Err(e) => http::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                 }
             }
+            "/debug/explain" if m == Method::GET => {
+                let query = explain::Query {
+                    src_ip: http::query_param(req, "src_ip"),
+                    src_identity: http::query_param(req, "src_identity"),
+                    plaintext: http::query_param(req, "plaintext").is_some_and(|v| v == "true"),
+                    dst: http::query_param(req, "dst"),
+                };
+                match explain::explain(&self.state.current(), &query) {
+                    Ok(v) => http::json(StatusCode::OK, &v),
+                    Err(e) => http::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                }
+            }
             "/quitquitquit" if m == Method::POST => {
                 tracing::info!("/quitquitquit: draining");
                 self.shutdown.cancel();
                 http::text(StatusCode::OK, "draining\n")
             }
-            "/" | "/config_dump" | "/logging" | "/quitquitquit" => {
+            "/" | "/config_dump" | "/logging" | "/quitquitquit" | "/debug/explain" => {
                 http::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => http::text(StatusCode::NOT_FOUND, format!("not found\n\n{INDEX}")),

@@ -2,6 +2,7 @@
 //! tables or JSON.
 
 mod client;
+mod explain;
 mod table;
 mod tables;
 
@@ -39,18 +40,25 @@ enum What {
     Policies,
     /// Certificates held for the pods on this node, with expiry.
     Certs,
+    /// Would a connection be allowed, and which policy and rule decide.
+    Explain(explain::ExplainArgs),
 }
 
 /// Runs the subcommand; what to print on stdout.
 pub fn run(args: &DebugArgs) -> Result<String> {
-    let dump: Value = serde_json::from_str(&client::get(args.admin, "/config_dump")?)
-        .context("admin API /config_dump is not JSON")?;
-    let (key, table): (&str, fn(&Value) -> String) = match args.what {
+    let (key, table): (&str, fn(&Value) -> String) = match &args.what {
         What::Workloads => ("workloads", tables::workloads),
         What::Services => ("services", tables::services),
         What::Policies => ("policies", tables::policies),
         What::Certs => ("certificates", tables::certs),
+        What::Explain(e) => {
+            let body = client::get(args.admin, &e.path())?;
+            let v: Value = serde_json::from_str(&body).context("admin API answer is not JSON")?;
+            return Ok(if args.json { body } else { explain::render(&v) });
+        }
     };
+    let dump: Value = serde_json::from_str(&client::get(args.admin, "/config_dump")?)
+        .context("admin API /config_dump is not JSON")?;
     Ok(if args.json {
         let mut s = serde_json::to_string_pretty(tables::section(&dump, key))?;
         s.push('\n');

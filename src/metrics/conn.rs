@@ -128,6 +128,15 @@ impl ConnMeter {
         self.record(ResponseFlags::None, false, err);
     }
 
+    /// An open connection closed by a policy re-check: counted closed with `DENY`.
+    pub fn revoked(mut self) {
+        self.record(
+            ResponseFlags::Deny,
+            false,
+            Some("closed: no longer allowed by authorization policy".into()),
+        );
+    }
+
     /// The connection was never established: `flags` says why.
     pub fn fail(mut self, flags: ResponseFlags, error: &dyn Display) {
         self.record(flags, true, Some(error.to_string()));

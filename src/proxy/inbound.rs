@@ -11,6 +11,7 @@ use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
 use super::{connect, ProxyInputs};
+use crate::authz::{ConnInfo, LiveConns};
 use crate::hbone::{self, check_connect, LocalTargets};
 use crate::identity::{peer_identity, Identity};
 use crate::metrics::ResponseFlags;
@@ -18,6 +19,7 @@ use crate::metrics::ResponseFlags;
 pub(super) async fn handle(
     inputs: Arc<ProxyInputs>,
     server: Arc<rustls::ServerConfig>,
+    live: Arc<LiveConns>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
@@ -34,7 +36,14 @@ pub(super) async fn handle(
     let stop = inputs.life.force_close.clone();
     let h2 = inputs.h2.clone();
     let result = hbone::serve_connection(tls, &h2, stop, |req, respond| {
-        stream(inputs.clone(), client.clone(), peer, req, respond)
+        stream(
+            inputs.clone(),
+            live.clone(),
+            client.clone(),
+            peer,
+            req,
+            respond,
+        )
     })
     .await;
     if let Err(e) = result {
@@ -44,6 +53,7 @@ pub(super) async fn handle(
 
 async fn stream(
     inputs: Arc<ProxyInputs>,
+    live: Arc<LiveConns>,
     client: Identity,
     peer: SocketAddr,
     req: Request<RecvStream>,
@@ -64,6 +74,18 @@ async fn stream(
     };
     let meter = inputs.meter.inbound(&snapshot, peer, target, Some(&client));
     drop(snapshot);
+    let admitted = match live.admit(
+        &inputs.state,
+        &inputs.uid,
+        conn_info(&client, peer, target),
+        "hbone",
+    ) {
+        Ok(a) => a,
+        Err(d) => {
+            hbone::reject(respond, StatusCode::UNAUTHORIZED);
+            return meter.fail(ResponseFlags::Deny, &d.reason);
+        }
+    };
     // The outer connection comes from the client pod's own namespace, so its source IP is the
     // client pod's IP: that is what the app should see.
     let app = match connect(inputs.factory.as_ref(), target, Some(peer.ip())).await {
@@ -79,8 +101,22 @@ async fn stream(
         Ok(s) => s,
         Err(_) => return,
     };
+    // A policy re-check may revoke the stream; dropping the copy resets it (RST_STREAM).
     let (to_client, to_app) = (meter.server_to_client(), meter.client_to_server());
-    let moved = hbone::copy_bidirectional_metered(app, send, req.into_body(), to_client, to_app);
-    let moved = moved.await.map(drop);
-    meter.finish(moved);
+    let copy = hbone::copy_bidirectional_metered(app, send, req.into_body(), to_client, to_app);
+    match admitted.run(copy).await {
+        None => meter.revoked(),
+        Some(moved) => meter.finish(moved.map(drop)),
+    }
+}
+
+/// The outer connection comes from the client pod's own namespace, so its source IP is the
+/// client pod's IP: the one policies (and the app) see.
+fn conn_info(client: &Identity, peer: SocketAddr, target: SocketAddr) -> ConnInfo {
+    ConnInfo {
+        src_ip: peer.ip().to_canonical(),
+        src_identity: Some(client.clone()),
+        dst_ip: target.ip().to_canonical(),
+        dst_port: target.port(),
+    }
 }

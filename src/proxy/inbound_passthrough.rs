@@ -7,9 +7,15 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::{connect, original_dst, ProxyInputs};
+use crate::authz::{ConnInfo, LiveConns};
 use crate::metrics::ResponseFlags;
 
-pub(super) async fn handle(inputs: Arc<ProxyInputs>, client: TcpStream, src: SocketAddr) {
+pub(super) async fn handle(
+    inputs: Arc<ProxyInputs>,
+    live: Arc<LiveConns>,
+    client: TcpStream,
+    src: SocketAddr,
+) {
     let dst = match original_dst(&client) {
         Ok(d) => d,
         Err(e) => {
@@ -21,14 +27,33 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, client: TcpStream, src: Soc
         tracing::warn!(uid = %inputs.uid, %src, %dst, "refusing plaintext connection to a ztunnel port");
         return;
     }
+    // Plaintext: no peer identity, so identity fields of policies cannot match. Denied → the
+    // connection is closed without reaching the app.
+    let conn = ConnInfo {
+        src_ip: src.ip().to_canonical(),
+        src_identity: None,
+        dst_ip: dst.ip().to_canonical(),
+        dst_port: dst.port(),
+    };
     let meter = inputs
         .meter
         .inbound(&inputs.state.current(), src, dst, None);
-    let app = match connect(inputs.factory.as_ref(), dst, Some(src.ip())).await {
-        Ok(s) => s,
-        Err(e) => return meter.fail(ResponseFlags::Connect, &e),
+    let admitted = match live.admit(&inputs.state, &inputs.uid, conn, "plaintext") {
+        Ok(a) => a,
+        Err(d) => return meter.fail(ResponseFlags::Deny, &d.reason),
+    };
+    let app = match admitted
+        .run(connect(inputs.factory.as_ref(), dst, Some(src.ip())))
+        .await
+    {
+        None => return meter.revoked(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return meter.fail(ResponseFlags::Connect, &e),
     };
     let (up, down) = (meter.client_to_server(), meter.server_to_client());
-    let moved = crate::copy::copy_bidirectional_metered(client, app, up, down).await;
-    meter.finish(moved.map(drop));
+    let copy = crate::copy::copy_bidirectional_metered(client, app, up, down);
+    match admitted.run(copy).await {
+        None => meter.revoked(),
+        Some(moved) => meter.finish(moved.map(drop)),
+    }
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::authz;
 use crate::hbone::{H2Settings, Pool};
 use crate::identity::{CertSlot, Identity, TlsContext};
 use crate::state::State;
@@ -100,18 +101,27 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
         .tls
         .server_config(inputs.cert.clone())
         .map_err(std::io::Error::other)?;
+    // Admitted inbound connections, re-checked on every config change until the pod closes.
+    // Not on the tracker: a drain waits for connections, not for this watcher.
+    let live = authz::LiveConns::new();
+    tokio::spawn(authz::recheck_on_change(
+        inputs.state.clone(),
+        inputs.uid.clone(),
+        live.clone(),
+        inputs.life.force_close.clone(),
+    ));
     let t = &inputs.life.tracker;
     t.spawn(accept_loop(inputs.clone(), out, {
         let (i, p) = (inputs.clone(), pool);
         move |s, peer| outbound::handle(i.clone(), p.clone(), s, peer)
     }));
     t.spawn(accept_loop(inputs.clone(), hbone, {
-        let i = inputs.clone();
-        move |s, peer| inbound::handle(i.clone(), server.clone(), s, peer)
+        let (i, l) = (inputs.clone(), live.clone());
+        move |s, peer| inbound::handle(i.clone(), server.clone(), l.clone(), s, peer)
     }));
     t.spawn(accept_loop(inputs.clone(), plain, {
-        let i = inputs.clone();
-        move |s, peer| inbound_passthrough::handle(i.clone(), s, peer)
+        let (i, l) = (inputs.clone(), live);
+        move |s, peer| inbound_passthrough::handle(i.clone(), l.clone(), s, peer)
     }));
     Ok(())
 }

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::policy::Policy;
+use super::policy::{Policy, Scope};
 use super::service::Service;
 use super::workload::{HealthStatus, NetworkMode, Workload};
 
@@ -20,6 +20,12 @@ pub struct ConfigSnapshot {
     /// Parallel to `services`; precomputed so the per-connection path does not format keys.
     service_keys: Vec<String>,
     endpoints: Vec<Vec<Arc<Workload>>>,
+    /// Policy indexes, so an authorization decision looks at the policies that apply to one
+    /// workload instead of scanning them all: `namespace/name` → index, Global-scope
+    /// indexes, Namespace-scope indexes by namespace.
+    policy_by_key: HashMap<String, usize>,
+    global_policies: Vec<usize>,
+    namespace_policies: HashMap<String, Vec<usize>>,
 }
 
 /// Config that cannot be indexed without guessing. Positions are indexes into the lists given
@@ -181,7 +187,17 @@ impl ConfigSnapshot {
                     second: i,
                 });
             }
-            policy_pos.insert(key, i);
+            policy_pos.insert(key.clone(), i);
+            match p.scope {
+                Scope::Global => s.global_policies.push(i),
+                Scope::Namespace => s
+                    .namespace_policies
+                    .entry(p.namespace.clone())
+                    .or_default()
+                    .push(i),
+                Scope::WorkloadSelector => {}
+            }
+            s.policy_by_key.insert(key, i);
             s.policies.push(Arc::new(p));
         }
         Ok(s)
@@ -197,6 +213,25 @@ impl ConfigSnapshot {
 
     pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
         self.policies.iter()
+    }
+
+    /// The policy named `namespace/name`.
+    pub fn policy(&self, key: &str) -> Option<&Arc<Policy>> {
+        self.policy_by_key.get(key).map(|&i| &self.policies[i])
+    }
+
+    /// Global-scope policies (whatever namespace they name, as upstream), in config order.
+    pub fn global_policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.global_policies.iter().map(|&i| &self.policies[i])
+    }
+
+    /// Namespace-scope policies of `namespace`, in config order.
+    pub fn namespace_policies(&self, namespace: &str) -> impl Iterator<Item = &Arc<Policy>> {
+        self.namespace_policies
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.policies[i])
     }
 
     /// All networks are treated as one for now.
