@@ -53,3 +53,61 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_runs_the_daemon_with_its_flags() {
+        let cli = Cli::try_parse_from(["ztunnel", "--node-name", "n1"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.settings.node_name, "n1");
+        let cli = Cli::try_parse_from(["ztunnel", "debug", "workloads", "--json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Debug(_))));
+        let cli = Cli::try_parse_from([
+            "ztunnel",
+            "debug",
+            "explain",
+            "--src-ip",
+            "10.0.0.1",
+            "--dst",
+            "10.0.0.2:80",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Debug(_))));
+        for bad in [
+            &["ztunnel", "debug"][..],
+            &["ztunnel", "debug", "explain", "--dst", "10.0.0.2:80"],
+            &[
+                "ztunnel",
+                "debug",
+                "explain",
+                "--src-ip",
+                "x",
+                "--dst",
+                "10.0.0.2:80",
+            ],
+            &[
+                "ztunnel",
+                "debug",
+                "explain",
+                "--src-ip",
+                "10.0.0.1",
+                "--dst",
+                "10.0.0.2:80",
+                "--plaintext",
+                "--src-identity",
+                "spiffe://td/ns/a/sa/b",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

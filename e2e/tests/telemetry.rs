@@ -218,3 +218,41 @@ fn series_of_a_removed_pod_are_dropped_within_the_retention() {
     // On node B, a1 is a peer that is still in the config: its series stay.
     assert!(mesh.metrics(NodeId::B).unwrap().contains(a1_series));
 }
+
+#[test]
+fn access_log_lines_are_json_with_log_format_json() {
+    let mesh = Mesh::start(MeshOptions {
+        env: vec![("LOG_FORMAT".into(), "json".into())],
+        ..MeshOptions::default()
+    })
+    .unwrap();
+    let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
+    let msg = b"hello, json";
+    let conn = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080)).unwrap();
+    echo_exact(conn, msg).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let log = mesh.logs(NodeId::B);
+        if let Some(l) = log.lines().find(|l| l.contains("connection complete")) {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access log line:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["target"], "access", "{v}");
+    assert_eq!(v["level"], "INFO");
+    let f = &v["fields"];
+    assert_eq!(f["message"], "connection complete");
+    assert_eq!(f["direction"], "inbound");
+    assert_eq!(f["src.identity"], "spiffe://cluster.local/ns/demo/sa/sa-a1");
+    assert_eq!(f["src.workload"], "a1");
+    assert_eq!(f["dst.identity"], "spiffe://cluster.local/ns/demo/sa/sa-b1");
+    assert_eq!(f["dst.addr"], mesh.addr("b1", 8080).to_string());
+    assert_eq!(f["bytes_sent"], msg.len());
+    assert_eq!(f["bytes_recv"], msg.len());
+    assert_eq!(f["result"], "ok");
+    assert!(f["duration_ms"].is_u64(), "{v}");
+}
