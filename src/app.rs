@@ -1,5 +1,5 @@
 //! Wiring of the ztunnel daemon: config, identities, the ZDS client, pod proxies, readiness,
-//! and the graceful stop on SIGTERM.
+//! metrics, the admin API, and the graceful stop on SIGTERM or `/quitquitquit`.
 
 use std::sync::Arc;
 
@@ -7,15 +7,18 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
 use crate::config::{self, Settings};
 use crate::hbone::H2Settings;
 use crate::identity::{CertManager, LocalCa, TlsContext};
 use crate::inpod::{self, PodInfo, ProxyConfig, WorkloadManager};
+use crate::logging::LogHandle;
+use crate::metrics::Metrics;
 use crate::proxy::Ports;
 use crate::state::{ConfigSnapshot, State};
 use crate::zds;
 
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
     // Taken before any thread has entered a pod's namespace.
     let host_netns = Arc::new(inpod::host_netns().context("opening ztunnel's own netns")?);
 
@@ -31,6 +34,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let ca = LocalCa::load_or_create(&settings.local_ca_dir, &settings.trust_domain)?;
     let tls = TlsContext::new(&[ca.root().clone()], &settings.trust_domain)?;
     let certs = CertManager::new(Arc::new(ca), settings.cert_ttl);
+    let metrics = Metrics::new(settings.metrics_retention);
 
     let manager = WorkloadManager::new(
         ProxyConfig {
@@ -39,9 +43,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             packet_mark: settings.packet_mark,
             ports: Ports::default(),
             h2: H2Settings::default(),
+            metrics: metrics.clone(),
         },
-        state,
-        certs,
+        state.clone(),
+        certs.clone(),
         tls,
         host_netns,
     );
@@ -54,6 +59,35 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(crate::readiness::serve(
         readiness,
         Arc::new(move || m.ready()),
+        stop.clone(),
+    ));
+
+    let stats = tokio::net::TcpListener::bind(settings.stats_addr)
+        .await
+        .with_context(|| format!("binding metrics on {}", settings.stats_addr))?;
+    tokio::spawn(crate::metrics::server::serve(
+        stats,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(crate::metrics::run_sweeper(
+        metrics,
+        state.clone(),
+        stop.clone(),
+    ));
+    let shutdown = CancellationToken::new();
+    let admin = tokio::net::TcpListener::bind(settings.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin API on {}", settings.admin_addr))?;
+    tokio::spawn(crate::admin::serve(
+        admin,
+        Arc::new(Admin {
+            state,
+            manager: manager.clone(),
+            certs,
+            log,
+            shutdown: shutdown.clone(),
+        }),
         stop.clone(),
     ));
 
@@ -70,6 +104,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
+        _ = shutdown.cancelled() => tracing::info!("admin /quitquitquit: draining"),
     }
     let _ = zds_stop_tx.send(true);
     manager.drain(settings.drain_deadline).await;

@@ -39,8 +39,25 @@ impl AdaptiveBuf {
     }
 }
 
+/// Told about bytes as they are handed on, so counters move while a long connection is
+/// open and not only when it closes.
+pub trait Progress: Send + Sync {
+    fn moved(&self, n: u64);
+}
+
+/// For copies nobody meters.
+pub struct Unmetered;
+
+impl Progress for Unmetered {
+    fn moved(&self, _: u64) {}
+}
+
 /// Copies `rd` to `wr` until EOF, then shuts `wr` down (propagating the half-close).
-pub(crate) async fn copy_one<R, W>(rd: &mut R, wr: &mut W) -> std::io::Result<u64>
+pub(crate) async fn copy_one<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    progress: &dyn Progress,
+) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -55,6 +72,7 @@ where
         }
         wr.write_all(&data).await?;
         total += data.len() as u64;
+        progress.moved(data.len() as u64);
     }
 }
 
@@ -64,7 +82,24 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    copy_bidirectional_metered(a, b, &Unmetered, &Unmetered).await
+}
+
+/// [`copy_bidirectional`], reporting each chunk to `a_to_b` / `b_to_a` as it is written.
+pub async fn copy_bidirectional_metered<A, B>(
+    a: A,
+    b: B,
+    a_to_b: &dyn Progress,
+    b_to_a: &dyn Progress,
+) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
-    tokio::try_join!(copy_one(&mut ar, &mut bw), copy_one(&mut br, &mut aw))
+    tokio::try_join!(
+        copy_one(&mut ar, &mut bw, a_to_b),
+        copy_one(&mut br, &mut aw, b_to_a)
+    )
 }

@@ -1,17 +1,39 @@
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// ztunnel: the per-node mesh tunnel. Captures meshed pods' TCP (handed over by the CNI agent
 /// over ZDS) and carries it between nodes over HBONE (HTTP/2 CONNECT inside mutual TLS).
+/// Without a subcommand it runs the daemon.
 #[derive(Parser, Debug)]
-#[command(name = "ztunnel", version, about, long_about = None)]
+#[command(name = "ztunnel", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     #[command(flatten)]
     settings: meshtunnel::config::Settings,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect a running ztunnel through its admin API (run on its node).
+    Debug(meshtunnel::debug::DebugArgs),
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    meshtunnel::logging::init(&cli.settings.log_level, cli.settings.log_format);
+    if let Some(Command::Debug(args)) = &cli.command {
+        return match meshtunnel::debug::run(args) {
+            Ok(out) => {
+                print!("{out}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ztunnel debug: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let log = meshtunnel::logging::init(&cli.settings.log_level, cli.settings.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,12 +44,70 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(meshtunnel::app::run(cli.settings)) {
+    match rt.block_on(meshtunnel::app::run(cli.settings, log)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("ztunnel: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_runs_the_daemon_with_its_flags() {
+        let cli = Cli::try_parse_from(["ztunnel", "--node-name", "n1"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.settings.node_name, "n1");
+        let cli = Cli::try_parse_from(["ztunnel", "debug", "workloads", "--json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Debug(_))));
+        let cli = Cli::try_parse_from([
+            "ztunnel",
+            "debug",
+            "explain",
+            "--src-ip",
+            "10.0.0.1",
+            "--dst",
+            "10.0.0.2:80",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Debug(_))));
+        for bad in [
+            &["ztunnel", "debug"][..],
+            &["ztunnel", "debug", "explain", "--dst", "10.0.0.2:80"],
+            &[
+                "ztunnel",
+                "debug",
+                "explain",
+                "--src-ip",
+                "x",
+                "--dst",
+                "10.0.0.2:80",
+            ],
+            &[
+                "ztunnel",
+                "debug",
+                "explain",
+                "--src-ip",
+                "10.0.0.1",
+                "--dst",
+                "10.0.0.2:80",
+                "--plaintext",
+                "--src-identity",
+                "spiffe://td/ns/a/sa/b",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

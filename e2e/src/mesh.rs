@@ -16,6 +16,8 @@ use test_support::{run_in, unique_prefix, ChildGuard, Netns, NodeId, Topology};
 pub const NAMESPACE: &str = "demo";
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const READINESS_PORT: u16 = 15021;
+pub const STATS_PORT: u16 = 15020;
+pub const ADMIN_PORT: u16 = 15000;
 
 #[derive(Clone, Debug)]
 pub struct PodSpec {
@@ -60,6 +62,8 @@ pub struct MeshOptions {
     pub backend: Backend,
     pub log_level: String,
     pub release_binary: bool,
+    /// Extra environment for both ztunnels (settings such as METRICS_RETENTION).
+    pub env: Vec<(String, String)>,
     /// The config file's `policies:` list (YAML list items), written at start.
     pub policies: String,
 }
@@ -76,6 +80,7 @@ impl Default for MeshOptions {
             backend: Backend::Nftables,
             log_level: "info".into(),
             release_binary: false,
+            env: Vec::new(),
             policies: String::new(),
         }
     }
@@ -261,6 +266,7 @@ impl Mesh {
             .env("TRUST_DOMAIN", TRUST_DOMAIN)
             .env("LOCAL_CA_DIR", self.ca_dir())
             .env("RUST_LOG", &self.opts.log_level)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -279,18 +285,33 @@ impl Mesh {
         node: NodeId,
         timeout: Duration,
     ) -> Result<std::process::ExitStatus> {
+        let pid = self.ztunnel_pid(node).context("ztunnel not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        self.wait_ztunnel_exit(node, timeout)
+            .context("after SIGTERM")
+    }
+
+    /// Waits up to `timeout` for ztunnel on `node` to exit by itself; returns its status.
+    pub fn wait_ztunnel_exit(
+        &mut self,
+        node: NodeId,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
         let mut guard = self.ztunnels[idx(node)]
             .take()
             .context("ztunnel not running")?;
-        let pid = nix::unistd::Pid::from_raw(guard.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = guard.child_mut().try_wait()? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!("ztunnel did not exit within {timeout:?} of SIGTERM");
+                // Put it back so the guard still kills it when the mesh drops.
+                self.ztunnels[idx(node)] = Some(guard);
+                bail!("ztunnel did not exit within {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -349,13 +370,26 @@ impl Mesh {
 
     /// GET /healthz/ready on the node's ztunnel: (status code, body).
     pub fn readiness(&self, node: NodeId) -> Result<(u16, String)> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT));
+        self.http(node, addr, "GET", "/healthz/ready")
+    }
+
+    /// One HTTP/1.1 request from inside the node's namespace: (status code, body).
+    pub fn http(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+    ) -> Result<(u16, String)> {
         run_in(self.topo.node(node), || -> Result<(u16, String)> {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT)),
-                Duration::from_secs(1),
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                .with_context(|| format!("connecting to {addr}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             )?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
             let mut resp = String::new();
             s.read_to_string(&mut resp)?;
             let code = resp
@@ -363,9 +397,36 @@ impl Mesh {
                 .nth(1)
                 .and_then(|c| c.parse().ok())
                 .context("malformed HTTP response")?;
-            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+            let body = resp
+                .split_once("\r\n\r\n")
+                .map_or("", |(_, b)| b)
+                .to_owned();
             Ok((code, body))
         })
+    }
+
+    /// The node ztunnel's `/stats/prometheus` text.
+    pub fn metrics(&self, node: NodeId) -> Result<String> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, STATS_PORT));
+        match self.http(node, addr, "GET", "/stats/prometheus")? {
+            (200, body) => Ok(body),
+            (code, body) => bail!("metrics answered {code}: {body}"),
+        }
+    }
+
+    /// A request to the node ztunnel's admin API on 127.0.0.1.
+    pub fn admin(&self, node: NodeId, method: &str, path: &str) -> Result<(u16, String)> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
+        self.http(node, addr, method, path)
+    }
+
+    /// The ztunnel binary as a command run inside the node's namespace (`ztunnel debug ...`).
+    pub fn ztunnel_command(&self, node: NodeId) -> Result<Command> {
+        let bin = self.ztunnel_bin()?;
+        Ok(self
+            .topo
+            .node(node)
+            .command(bin.to_str().unwrap_or("ztunnel")))
     }
 
     pub fn wait_ready(&self, node: NodeId, timeout: Duration) -> Result<()> {

@@ -94,6 +94,37 @@ pub struct Settings {
     )]
     pub readiness_addr: SocketAddr,
 
+    /// Address of the metrics endpoint (/stats/prometheus, OpenMetrics text).
+    #[arg(
+        long,
+        env = "STATS_ADDR",
+        value_name = "ADDR",
+        default_value = "[::]:15020"
+    )]
+    pub stats_addr: SocketAddr,
+
+    /// Address of the admin API (/config_dump, /logging, /quitquitquit). It can change the
+    /// log level and stop ztunnel, so it only binds to a loopback address.
+    #[arg(
+        long,
+        env = "ADMIN_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:15000",
+        value_parser = parse_admin_addr
+    )]
+    pub admin_addr: SocketAddr,
+
+    /// How long the metric series of a pod (or peer workload) that is gone stay exported
+    /// before they are dropped, so a last scrape sees their final values.
+    #[arg(
+        long,
+        env = "METRICS_RETENTION",
+        value_name = "DURATION",
+        default_value = "5m",
+        value_parser = parse_duration
+    )]
+    pub metrics_retention: Duration,
+
     /// How often the local config file is checked for changes.
     #[arg(
         long,
@@ -154,6 +185,19 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_admin_addr(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|e| format!("{e} (expected ip:port, e.g. 127.0.0.1:15000)"))?;
+    if !a.ip().is_loopback() {
+        return Err(format!(
+            "{} is not a loopback address: the admin API must not be reachable from the network",
+            a.ip()
+        ));
+    }
+    Ok(a)
+}
+
 fn parse_log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_owned())
@@ -188,6 +232,9 @@ mod tests {
         "CONNECTION_TERMINATION_DEADLINE",
         "READINESS_ADDR",
         "CONFIG_POLL_INTERVAL",
+        "STATS_ADDR",
+        "ADMIN_ADDR",
+        "METRICS_RETENTION",
         "LOG_FORMAT",
         "RUST_LOG",
     ];
@@ -241,6 +288,9 @@ mod tests {
         assert_eq!(s.drain_deadline, Duration::from_secs(5));
         assert_eq!(s.readiness_addr, "[::]:15021".parse().unwrap());
         assert_eq!(s.config_poll_interval, Duration::from_secs(1));
+        assert_eq!(s.stats_addr, "[::]:15020".parse().unwrap());
+        assert_eq!(s.admin_addr, "127.0.0.1:15000".parse().unwrap());
+        assert_eq!(s.metrics_retention, Duration::from_secs(300));
         assert_eq!(s.log_format, LogFormat::Plain);
         assert_eq!(s.log_level, "info");
     }
@@ -284,6 +334,9 @@ mod tests {
             (&["--config-poll-interval", "0s"], "--config-poll-interval"),
             (&["--readiness-addr", "15021"], "--readiness-addr"),
             (&["--log-format", "xml"], "--log-format"),
+            (&["--admin-addr", "0.0.0.0:15000"], "loopback"),
+            (&["--admin-addr", "10.0.0.1:15000"], "--admin-addr"),
+            (&["--metrics-retention", "5"], "--metrics-retention"),
         ] {
             let e = with_env(&[], || parse(args)).unwrap_err().to_string();
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -11,7 +11,7 @@ pub use pool::{Dialer, Pool, PoolKey, StreamGuard, Tunnel};
 pub use request::{check_connect, forwarded_for, parse_forwarded_for, LocalTargets, Rejection};
 pub use server::{reject, serve_connection};
 pub use settings::H2Settings;
-pub use stream::{copy_bidirectional, Transferred};
+pub use stream::{copy_bidirectional, copy_bidirectional_metered, Transferred};
 
 /// Port of the HBONE listener in every meshed pod.
 pub const HBONE_PORT: u16 = 15008;

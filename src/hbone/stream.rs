@@ -7,7 +7,7 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::copy::AdaptiveBuf;
+use crate::copy::{AdaptiveBuf, Progress, Unmetered};
 
 /// Bytes moved in each direction by [`copy_bidirectional`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,9 +29,23 @@ pub async fn copy_bidirectional<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    copy_bidirectional_metered(tcp, send, recv, &Unmetered, &Unmetered).await
+}
+
+/// [`copy_bidirectional`], reporting each chunk to `tcp_to_h2` / `h2_to_tcp` as it is handed on.
+pub async fn copy_bidirectional_metered<T>(
+    tcp: T,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    tcp_to_h2_progress: &dyn Progress,
+    h2_to_tcp_progress: &dyn Progress,
+) -> std::io::Result<Transferred>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut rd, mut wr) = tokio::io::split(tcp);
-    let up = tcp_to_h2(&mut rd, send);
-    let down = h2_to_tcp(recv, &mut wr);
+    let up = tcp_to_h2(&mut rd, send, tcp_to_h2_progress);
+    let down = h2_to_tcp(recv, &mut wr, h2_to_tcp_progress);
     let (a, b) = tokio::try_join!(up, down)?;
     Ok(Transferred {
         tcp_to_h2: a,
@@ -42,6 +56,7 @@ where
 async fn tcp_to_h2<R: AsyncRead + Unpin>(
     rd: &mut R,
     mut send: SendStream<Bytes>,
+    progress: &dyn Progress,
 ) -> std::io::Result<u64> {
     let mut buf = AdaptiveBuf::new();
     let mut total = 0u64;
@@ -64,7 +79,9 @@ async fn tcp_to_h2<R: AsyncRead + Unpin>(
                 continue;
             }
             let chunk = data.split_to(granted.min(data.len()));
+            let n = chunk.len() as u64;
             send.send_data(chunk, false).map_err(h2_io)?;
+            progress.moved(n);
         }
     }
 }
@@ -72,6 +89,7 @@ async fn tcp_to_h2<R: AsyncRead + Unpin>(
 async fn h2_to_tcp<W: AsyncWrite + Unpin>(
     mut recv: RecvStream,
     wr: &mut W,
+    progress: &dyn Progress,
 ) -> std::io::Result<u64> {
     let mut total = 0u64;
     while let Some(chunk) = recv.data().await {
@@ -79,6 +97,7 @@ async fn h2_to_tcp<W: AsyncWrite + Unpin>(
         let n = chunk.len();
         wr.write_all(&chunk).await?;
         total += n as u64;
+        progress.moved(n as u64);
         // Only after the bytes are handed to the socket: the window is the backpressure.
         let _ = recv.flow_control().release_capacity(n);
     }

@@ -29,6 +29,7 @@ pub struct ProxyConfig {
     pub packet_mark: u32,
     pub ports: Ports,
     pub h2: H2Settings,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 struct Pod {
@@ -152,6 +153,10 @@ impl WorkloadManager {
             h2: self.cfg.h2.clone(),
             ports: self.cfg.ports,
             life: life.clone(),
+            meter: self
+                .cfg
+                .metrics
+                .pod(uid, &info.name, &info.namespace, identity.clone()),
         });
         proxy::start(inputs, pool)
             .map_err(|e| format!("pod {uid}: opening listeners in its netns: {e}"))?;

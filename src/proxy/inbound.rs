@@ -14,6 +14,7 @@ use super::{connect, ProxyInputs};
 use crate::authz::{ConnInfo, LiveConns};
 use crate::hbone::{self, check_connect, LocalTargets};
 use crate::identity::{peer_identity, Identity};
+use crate::metrics::ResponseFlags;
 
 pub(super) async fn handle(
     inputs: Arc<ProxyInputs>,
@@ -71,24 +72,27 @@ async fn stream(
             return;
         }
     };
+    let meter = inputs.meter.inbound(&snapshot, peer, target, Some(&client));
     drop(snapshot);
-    let Ok(admitted) = live.admit(
+    let admitted = match live.admit(
         &inputs.state,
         &inputs.uid,
         conn_info(&client, peer, target),
         "hbone",
-    ) else {
-        hbone::reject(respond, StatusCode::UNAUTHORIZED);
-        return;
+    ) {
+        Ok(a) => a,
+        Err(d) => {
+            hbone::reject(respond, StatusCode::UNAUTHORIZED);
+            return meter.fail(ResponseFlags::Deny, &d.reason);
+        }
     };
     // The outer connection comes from the client pod's own namespace, so its source IP is the
     // client pod's IP: that is what the app should see.
     let app = match connect(inputs.factory.as_ref(), target, Some(peer.ip())).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::info!(uid = %inputs.uid, %peer, %target, error = %e, "HBONE upstream connect failed");
             hbone::reject(respond, StatusCode::SERVICE_UNAVAILABLE);
-            return;
+            return meter.fail(ResponseFlags::Connect, &e);
         }
     };
     tracing::debug!(uid = %inputs.uid, %peer, client_identity = %client, server_identity = %inputs.identity,
@@ -98,19 +102,11 @@ async fn stream(
         Err(_) => return,
     };
     // A policy re-check may revoke the stream; dropping the copy resets it (RST_STREAM).
-    match admitted
-        .run(hbone::copy_bidirectional(app, send, req.into_body()))
-        .await
-    {
-        None => {
-            tracing::debug!(uid = %inputs.uid, %client, %target, "inbound revoked by policy re-check")
-        }
-        Some(Ok(m)) => {
-            tracing::debug!(uid = %inputs.uid, %client, %target, sent = m.tcp_to_h2, received = m.h2_to_tcp, "inbound closed")
-        }
-        Some(Err(e)) => {
-            tracing::debug!(uid = %inputs.uid, %client, %target, error = %e, "inbound ended with error")
-        }
+    let (to_client, to_app) = (meter.server_to_client(), meter.client_to_server());
+    let copy = hbone::copy_bidirectional_metered(app, send, req.into_body(), to_client, to_app);
+    match admitted.run(copy).await {
+        None => meter.revoked(),
+        Some(moved) => meter.finish(moved.map(drop)),
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 
 use super::{connect, original_dst, ProxyInputs};
 use crate::authz::{ConnInfo, LiveConns};
+use crate::metrics::ResponseFlags;
 
 pub(super) async fn handle(
     inputs: Arc<ProxyInputs>,
@@ -34,22 +35,25 @@ pub(super) async fn handle(
         dst_ip: dst.ip().to_canonical(),
         dst_port: dst.port(),
     };
-    let Ok(admitted) = live.admit(&inputs.state, &inputs.uid, conn, "plaintext") else {
-        return;
+    let meter = inputs
+        .meter
+        .inbound(&inputs.state.current(), src, dst, None);
+    let admitted = match live.admit(&inputs.state, &inputs.uid, conn, "plaintext") {
+        Ok(a) => a,
+        Err(d) => return meter.fail(ResponseFlags::Deny, &d.reason),
     };
-    let work = async {
-        let app = connect(inputs.factory.as_ref(), dst, Some(src.ip())).await?;
-        crate::copy::copy_bidirectional(client, app).await
+    let app = match admitted
+        .run(connect(inputs.factory.as_ref(), dst, Some(src.ip())))
+        .await
+    {
+        None => return meter.revoked(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return meter.fail(ResponseFlags::Connect, &e),
     };
-    match admitted.run(work).await {
-        None => {
-            tracing::debug!(uid = %inputs.uid, %src, %dst, "inbound plaintext revoked by policy re-check")
-        }
-        Some(Ok((a, b))) => {
-            tracing::debug!(uid = %inputs.uid, %src, %dst, sent = a, received = b, "inbound plaintext closed")
-        }
-        Some(Err(e)) => {
-            tracing::info!(uid = %inputs.uid, %src, %dst, error = %e, "inbound plaintext failed")
-        }
+    let (up, down) = (meter.client_to_server(), meter.server_to_client());
+    let copy = crate::copy::copy_bidirectional_metered(client, app, up, down);
+    match admitted.run(copy).await {
+        None => meter.revoked(),
+        Some(moved) => meter.finish(moved.map(drop)),
     }
 }

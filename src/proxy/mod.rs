@@ -73,6 +73,7 @@ pub struct ProxyInputs {
     pub h2: H2Settings,
     pub ports: Ports,
     pub life: Lifecycle,
+    pub meter: Arc<crate::metrics::PodMeter>,
 }
 
 impl ProxyInputs {

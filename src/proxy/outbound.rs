@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 
 use super::{connect, original_dst, ProxyInputs};
 use crate::hbone::{self, Pool, PoolKey};
+use crate::metrics::{ConnMeter, ResponseFlags};
 use crate::state::{Protocol, Upstream};
 
 pub(super) async fn handle(inputs: Arc<ProxyInputs>, pool: Pool, app: TcpStream, src: SocketAddr) {
@@ -25,46 +26,45 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, pool: Pool, app: TcpStream,
         tracing::warn!(uid = %inputs.uid, %src, %dst, "refusing connection to a ztunnel port (loop)");
         return;
     }
-    let upstream = inputs
-        .state
-        .current()
-        .resolve(dst, &mut |n| rand::random_range(0..n));
-    let result = match upstream {
+    let snapshot = inputs.state.current();
+    let upstream = snapshot.resolve(dst, &mut |n| rand::random_range(0..n));
+    let meter = inputs
+        .meter
+        .outbound(&snapshot, src, dst, upstream.as_ref().ok());
+    drop(snapshot);
+    match upstream {
         Err(e) => {
             tracing::warn!(uid = %inputs.uid, %src, %dst, error = %e, "no route");
-            return;
+            meter.fail(ResponseFlags::Connect, &e)
         }
-        Ok(Upstream::Passthrough(addr)) => plain(&inputs, app, addr).await,
+        Ok(Upstream::Passthrough(addr)) => plain(&inputs, app, addr, meter).await,
         Ok(Upstream::Workload { workload, addr, .. }) => match workload.protocol {
-            Protocol::Tcp => plain(&inputs, app, addr).await,
+            Protocol::Tcp => plain(&inputs, app, addr, meter).await,
             Protocol::Hbone => {
-                tracing::debug!(uid = %inputs.uid, %src, %dst, target = %addr,
-                    src_identity = %inputs.identity, dst_identity = %workload.identity(),
-                    "opening HBONE tunnel");
                 let key = PoolKey::new(
                     inputs.identity.clone(),
                     vec![workload.identity()],
                     SocketAddr::new(addr.ip(), inputs.ports.hbone),
                 );
-                tunnel(&pool, &key, app, src, addr).await
+                tunnel(&pool, &key, app, src, addr, meter).await
             }
         },
-    };
-    match result {
-        Ok((up, down)) => {
-            tracing::debug!(uid = %inputs.uid, %src, %dst, sent = up, received = down, "outbound closed")
-        }
-        Err(e) => tracing::info!(uid = %inputs.uid, %src, %dst, error = %e, "outbound failed"),
     }
 }
 
-async fn plain(
-    inputs: &ProxyInputs,
-    app: TcpStream,
-    dst: SocketAddr,
-) -> std::io::Result<(u64, u64)> {
-    let up = connect(inputs.factory.as_ref(), dst, None).await?;
-    crate::copy::copy_bidirectional(app, up).await
+async fn plain(inputs: &ProxyInputs, app: TcpStream, dst: SocketAddr, meter: ConnMeter) {
+    let up = match connect(inputs.factory.as_ref(), dst, None).await {
+        Ok(s) => s,
+        Err(e) => return meter.fail(ResponseFlags::Connect, &e),
+    };
+    let moved = crate::copy::copy_bidirectional_metered(
+        app,
+        up,
+        meter.client_to_server(),
+        meter.server_to_client(),
+    )
+    .await;
+    meter.finish(moved.map(drop));
 }
 
 async fn tunnel(
@@ -73,22 +73,41 @@ async fn tunnel(
     app: TcpStream,
     src: SocketAddr,
     target: SocketAddr,
-) -> std::io::Result<(u64, u64)> {
-    let req = Request::builder()
+    meter: ConnMeter,
+) {
+    let req = match Request::builder()
         .method(Method::CONNECT)
         .uri(target.to_string())
         .header("forwarded", hbone::forwarded_for(src))
         .body(())
-        .map_err(std::io::Error::other)?;
-    let t = pool.connect(key, req).await?;
-    if t.response.status() != http::StatusCode::OK {
-        return Err(std::io::Error::other(format!(
-            "HBONE peer {} answered {}",
-            key.addr,
-            t.response.status()
-        )));
+    {
+        Ok(r) => r,
+        Err(e) => return meter.fail(ResponseFlags::Connect, &e),
+    };
+    let t = match pool.connect(key, req).await {
+        Ok(t) => t,
+        Err(e) => return meter.fail(ResponseFlags::Connect, &e),
+    };
+    let status = t.response.status();
+    if status != http::StatusCode::OK {
+        let flags = if status == http::StatusCode::UNAUTHORIZED {
+            ResponseFlags::Deny
+        } else {
+            ResponseFlags::Connect
+        };
+        return meter.fail(
+            flags,
+            &format_args!("HBONE peer {} answered {status}", key.addr),
+        );
     }
     let _guard = t.guard;
-    let moved = hbone::copy_bidirectional(app, t.send, t.response.into_body()).await?;
-    Ok((moved.tcp_to_h2, moved.h2_to_tcp))
+    let moved = hbone::copy_bidirectional_metered(
+        app,
+        t.send,
+        t.response.into_body(),
+        meter.client_to_server(),
+        meter.server_to_client(),
+    )
+    .await;
+    meter.finish(moved.map(drop));
 }
