@@ -22,13 +22,21 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
     // Taken before any thread has entered a pod's namespace.
     let host_netns = Arc::new(inpod::host_netns().context("opening ztunnel's own netns")?);
 
+    let defaults = config::Defaults {
+        trust_domain: settings.trust_domain.clone(),
+    };
     let snapshot = match &settings.local_xds_path {
-        Some(path) => config::load(path)?,
+        Some(path) => config::load_with(path, &defaults)?,
         None => ConfigSnapshot::empty(),
     };
     let state = Arc::new(State::new(snapshot));
     if let Some(path) = &settings.local_xds_path {
-        config::spawn_watcher(path.clone(), state.clone(), settings.config_poll_interval);
+        config::spawn_watcher(
+            path.clone(),
+            state.clone(),
+            settings.config_poll_interval,
+            defaults,
+        );
     }
 
     let ca = LocalCa::load_or_create(&settings.local_ca_dir, &settings.trust_domain)?;

@@ -98,7 +98,12 @@ async fn a_bad_policy_file_leaves_the_policies_in_force() {
     let path = dir.0.join("zt.yaml");
     replace_file(&path, GOOD);
     let state = Arc::new(State::new(ConfigSnapshot::empty()));
-    let watcher = config::spawn_watcher(path.clone(), state.clone(), Duration::from_millis(20));
+    let watcher = config::spawn_watcher(
+        path.clone(),
+        state.clone(),
+        Duration::from_millis(20),
+        config::Defaults::default(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while state.current().policies().count() != 1 {
         assert!(Instant::now() < deadline, "good file never applied");

@@ -203,7 +203,12 @@ async fn watcher_applies_changes_and_keeps_config_on_errors() {
     let path = dir.0.join("zt.yaml");
     std::fs::write(&path, ONE).unwrap();
     let state = Arc::new(State::new(ConfigSnapshot::empty()));
-    let handle = config::spawn_watcher(path.clone(), state.clone(), Duration::from_millis(50));
+    let handle = config::spawn_watcher(
+        path.clone(),
+        state.clone(),
+        Duration::from_millis(50),
+        config::Defaults::default(),
+    );
 
     wait_for(&state, "initial load", |s| s.workloads().count() == 1).await;
 
@@ -239,7 +244,12 @@ async fn watcher_waits_for_a_file_that_does_not_exist_yet() {
     let path = dir.0.join("zt.yaml");
     let state = Arc::new(State::new(ConfigSnapshot::empty()));
     let mut generations = state.subscribe();
-    let handle = config::spawn_watcher(path.clone(), state.clone(), Duration::from_millis(50));
+    let handle = config::spawn_watcher(
+        path.clone(),
+        state.clone(),
+        Duration::from_millis(50),
+        config::Defaults::default(),
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(state.generation(), 0);
     replace_file(&path, TWO);
@@ -249,4 +259,34 @@ async fn watcher_waits_for_a_file_that_does_not_exist_yet() {
         .unwrap();
     assert_eq!(state.current().workloads().count(), 2);
     handle.abort();
+}
+
+/// A workload without `trustDomain` is in the mesh's trust domain (TRUST_DOMAIN), not in a
+/// hard-wired cluster.local; one that names its own keeps it.
+#[test]
+fn workloads_default_to_the_mesh_trust_domain() {
+    let text = "workloads:\n\
+                - {name: a, namespace: demo, serviceAccount: sa-a, workloadIps: [10.0.0.1], services: {}}\n\
+                - {name: b, namespace: demo, serviceAccount: sa-b, workloadIps: [10.0.0.2], trustDomain: other.example, services: {}}\n";
+    let defaults = config::Defaults {
+        trust_domain: "corp.example".into(),
+    };
+    let snap = config::parse_with(text, Path::new("t.yaml"), &defaults).unwrap();
+    let id = |ip: &str| {
+        snap.workload_by_ip(ip.parse().unwrap())
+            .unwrap()
+            .identity()
+            .to_string()
+    };
+    assert_eq!(id("10.0.0.1"), "spiffe://corp.example/ns/demo/sa/sa-a");
+    assert_eq!(id("10.0.0.2"), "spiffe://other.example/ns/demo/sa/sa-b");
+    let plain = config::parse(text, Path::new("t.yaml")).unwrap();
+    assert_eq!(
+        plain
+            .workload_by_ip("10.0.0.1".parse().unwrap())
+            .unwrap()
+            .identity()
+            .to_string(),
+        "spiffe://cluster.local/ns/demo/sa/sa-a"
+    );
 }

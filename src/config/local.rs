@@ -83,24 +83,54 @@ impl fmt::Display for Loc {
     }
 }
 
-/// Reads and parses the file at `path`.
+/// What a workload entry gets for a field it leaves out, where the answer depends on how this
+/// ztunnel is deployed rather than on the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    /// The mesh's trust domain (`TRUST_DOMAIN`): a workload without `trustDomain` is in it.
+    pub trust_domain: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+        }
+    }
+}
+
+/// Reads and parses the file at `path` with the default [`Defaults`].
 pub fn load(path: &Path) -> Result<ConfigSnapshot, ConfigError> {
+    load_with(path, &Defaults::default())
+}
+
+/// Reads and parses the file at `path`.
+pub fn load_with(path: &Path, defaults: &Defaults) -> Result<ConfigSnapshot, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, path)
+    parse_with(&text, path, defaults)
+}
+
+/// Parses `text` with the default [`Defaults`]; `origin` only names the file in errors.
+pub fn parse(text: &str, origin: &Path) -> Result<ConfigSnapshot, ConfigError> {
+    parse_with(text, origin, &Defaults::default())
 }
 
 /// Parses `text`; `origin` only names the file in errors.
-pub fn parse(text: &str, origin: &Path) -> Result<ConfigSnapshot, ConfigError> {
+pub fn parse_with(
+    text: &str,
+    origin: &Path,
+    defaults: &Defaults,
+) -> Result<ConfigSnapshot, ConfigError> {
     let file: File = if is_blank(text) {
         // serde_yaml calls an empty document an error; an emptied file means "no config".
         File::default()
     } else {
         serde_yaml::from_str(text).map_err(|e| yaml_error(e, origin))?
     };
-    file.into_snapshot(origin)
+    file.into_snapshot(origin, defaults)
 }
 
 fn is_blank(text: &str) -> bool {
@@ -228,7 +258,11 @@ fn is_namespaced_host(key: &str) -> bool {
 }
 
 impl File {
-    fn into_snapshot(self, origin: &Path) -> Result<ConfigSnapshot, ConfigError> {
+    fn into_snapshot(
+        self,
+        origin: &Path,
+        defaults: &Defaults,
+    ) -> Result<ConfigSnapshot, ConfigError> {
         let invalid = |item: String, message: String| ConfigError::Invalid {
             path: origin.to_owned(),
             item,
@@ -237,7 +271,7 @@ impl File {
         let mut workloads = Vec::with_capacity(self.workloads.len());
         for (i, w) in self.workloads.into_iter().enumerate() {
             let item = format!("workloads[{i}] ({}/{})", w.namespace, w.name);
-            workloads.push(w.into_workload().map_err(|m| invalid(item, m))?);
+            workloads.push(w.into_workload(defaults).map_err(|m| invalid(item, m))?);
         }
         let mut services = Vec::with_capacity(self.services.len());
         for (i, s) in self.services.into_iter().enumerate() {
@@ -262,7 +296,7 @@ impl File {
 }
 
 impl FileWorkload {
-    fn into_workload(self) -> Result<Workload, String> {
+    fn into_workload(self, defaults: &Defaults) -> Result<Workload, String> {
         if self.namespace.is_empty() {
             return Err("namespace must not be empty".into());
         }
@@ -281,7 +315,7 @@ impl FileWorkload {
             name: self.name,
             namespace: self.namespace,
             service_account: or_default(self.service_account, DEFAULT_SERVICE_ACCOUNT),
-            trust_domain: or_default(self.trust_domain, DEFAULT_TRUST_DOMAIN),
+            trust_domain: or_default(self.trust_domain, &defaults.trust_domain),
             workload_ips: self.workload_ips,
             protocol: self.protocol,
             node: self.node,

@@ -6,6 +6,6 @@ mod local;
 mod settings;
 mod watch;
 
-pub use local::{load, parse, ConfigError};
+pub use local::{load, load_with, parse, parse_with, ConfigError, Defaults};
 pub use settings::{LogFormat, Settings};
 pub use watch::spawn_watcher;

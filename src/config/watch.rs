@@ -6,7 +6,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info};
 
-use super::local::{parse, ConfigError};
+use super::local::{parse_with, ConfigError, Defaults};
 use crate::state::State;
 
 /// Keeps `state` in step with the local config file at `path`, checking every `interval`.
@@ -19,10 +19,16 @@ use crate::state::State;
 /// symlinked directory and editors save by writing a new file and renaming it, and both
 /// leave an inotify watch on the old inode. Reading a small file once a second is cheap and
 /// sees every such replacement.
-pub fn spawn_watcher(path: PathBuf, state: Arc<State>, interval: Duration) -> JoinHandle<()> {
+pub fn spawn_watcher(
+    path: PathBuf,
+    state: Arc<State>,
+    interval: Duration,
+    defaults: Defaults,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut watcher = Watcher {
             path,
+            defaults,
             last_seen: None,
             last_error: None,
         };
@@ -37,6 +43,7 @@ pub fn spawn_watcher(path: PathBuf, state: Arc<State>, interval: Duration) -> Jo
 
 struct Watcher {
     path: PathBuf,
+    defaults: Defaults,
     /// Content of the last successful read, good or bad, so an unchanged file is not
     /// re-parsed (or its error re-logged) every tick.
     last_seen: Option<Vec<u8>>,
@@ -60,7 +67,7 @@ impl Watcher {
             return;
         }
         let result = match std::str::from_utf8(&bytes) {
-            Ok(text) => parse(text, &self.path),
+            Ok(text) => parse_with(text, &self.path, &self.defaults),
             Err(e) => Err(ConfigError::Parse {
                 path: self.path.clone(),
                 location: None,
