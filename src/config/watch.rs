@@ -121,6 +121,7 @@ mod tests {
         let state = State::new(ConfigSnapshot::empty());
         let mut w = Watcher {
             path: path.clone(),
+            defaults: Defaults::default(),
             last_seen: None,
             last_error: None,
         };
