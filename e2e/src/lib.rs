@@ -3,6 +3,7 @@
 //! e2e tests and the benchmarks so they all exercise the same set-up.
 
 pub mod apps;
+pub mod cluster;
 pub mod mesh;
 pub mod wire;
 
