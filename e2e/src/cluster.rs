@@ -127,6 +127,7 @@ impl PodSpec {
 }
 
 /// A running pod: its sandbox and what the CNI chain gave it.
+#[derive(Debug)]
 pub struct Pod {
     pub name: String,
     pub namespace: String,

@@ -131,13 +131,28 @@ impl Node {
 }
 
 /// Two pod subnets for this run, derived from the run's prefix so concurrent runs (each in
-/// its own namespaces anyway) also differ in addresses, which keeps captures and logs
-/// unambiguous. Inside 10.128.0.0/10: clear of the wire (10.250.0.0/30) and service VIPs (10.96/12).
+/// its own namespaces anyway) also differ in addresses. That matters: the agent finds a running
+/// pod's netns by its IP among all named namespaces on the machine, so two runs must never
+/// hand out the same pod address. Within one process, subnets are never reused while a run
+/// holds them. Inside 10.128.0.0/10: clear of the wire (10.250.0.0/30) and VIPs (10.96/12).
 pub fn subnets(prefix: &str) -> [Ipv4Addr; 2] {
     let hash = prefix
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-    let r = hash % 4096;
+    let mut used = USED_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = hash % SLOTS;
+    while used.contains(&r) && used.len() < SLOTS as usize {
+        r = (r + 1) % SLOTS;
+    }
+    used.insert(r);
+    slot(r)
+}
+
+const SLOTS: u32 = 4096;
+static USED_SLOTS: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn slot(r: u32) -> [Ipv4Addr; 2] {
     let (second, third) = (128 + (r >> 6) as u8, ((r & 63) * 2) as u8);
     [
         Ipv4Addr::new(10, second, third, 0),
@@ -208,7 +223,9 @@ mod tests {
 
     #[test]
     fn subnets_are_distinct_private_and_clear_of_the_wire() {
-        for p in ["mt00000", "mtfffff", "mt12345", "mtabcde"] {
+        // The same prefix twice still gets a different slot within one process.
+        let mut seen = std::collections::BTreeSet::new();
+        for p in ["mt00000", "mtfffff", "mt12345", "mtabcde", "mt12345"] {
             let [a, b] = subnets(p);
             assert_ne!(a, b);
             for s in [a, b] {
@@ -218,6 +235,7 @@ mod tests {
                 assert_eq!(o[3], 0);
             }
             assert_eq!(a.octets()[2] + 1, b.octets()[2]);
+            assert!(seen.insert(a), "{a} handed out twice");
         }
     }
 }
