@@ -111,14 +111,17 @@ fn install_idempotent_uninstall_restores(backend: Backend) {
     let ns = Netns::create(&format!("{}-p", unique_prefix())).unwrap();
     let cfg = RedirectConfig::default();
     let before = snapshot(&ns);
+    assert!(!redirect::is_installed(&ns.path(), backend).unwrap());
     redirect::install(&ns.path(), backend, &cfg).unwrap();
     assert_installed(&ns, backend);
+    assert!(redirect::is_installed(&ns.path(), backend).unwrap());
     let once = snapshot(&ns);
     redirect::install(&ns.path(), backend, &cfg).unwrap();
     assert_installed(&ns, backend);
     assert_eq!(snapshot(&ns), once, "second install changed state");
     redirect::uninstall(&ns.path(), backend, &cfg).unwrap();
     assert_eq!(snapshot(&ns), before);
+    assert!(!redirect::is_installed(&ns.path(), backend).unwrap());
     // Uninstalling what is not there is fine and changes nothing.
     redirect::uninstall(&ns.path(), backend, &cfg).unwrap();
     assert_eq!(snapshot(&ns), before);

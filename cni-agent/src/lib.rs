@@ -10,6 +10,7 @@
 //! * [`install`] — copying the plugin into the CNI bin dir and chaining it into the node's
 //!   primary CNI config, plus a watcher that keeps it chained.
 
+pub mod agent;
 pub mod client;
 pub mod cni;
 pub mod install;

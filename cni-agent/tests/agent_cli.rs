@@ -90,12 +90,62 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 }
 
 #[test]
+fn run_needs_a_node_name() {
+    let dir = setup();
+    let out = agent(dir.path(), &["run"])
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--node-name"), "{err}");
+}
+
+#[test]
+fn help_names_every_agent_setting_with_its_env() {
+    let out = Command::new(AGENT)
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env) in [
+        ("--node-name", "NODE_NAME"),
+        ("--kubeconfig", "KUBECONFIG"),
+        ("--ztunnel-uds", "ZTUNNEL_UDS_ADDRESS"),
+        ("--redirect-backend", "MESHTUNNEL_REDIRECT_BACKEND"),
+        ("--netns-dir", "MESHTUNNEL_NETNS_DIR"),
+        ("--retry-max-ms", "MESHTUNNEL_RETRY_MAX_MS"),
+        ("--pod-wait-ms", "MESHTUNNEL_CNI_POD_WAIT_MS"),
+        ("--agent-socket", "MESHTUNNEL_CNI_AGENT_SOCKET"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from\n{help}");
+        assert!(
+            help.contains(&format!("[env: {env}")),
+            "{env} missing from\n{help}"
+        );
+    }
+}
+
+#[test]
 fn run_serves_plugins_and_stays_installed_when_stopped() {
     let dir = setup();
     let root = dir.path();
     let sock = root.join("run/plugin.sock");
+    // The API the agent watches: the pod exists, nothing is labelled for the mesh.
+    let api = kube_standin::KubeStandin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    api.write_kubeconfig(&root.join("kubeconfig")).unwrap();
+    api.create(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "demo"}}))
+        .unwrap();
+    api.create(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "demo"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "busybox"}]}}))
+        .unwrap();
     let mut run = Running(
         agent(root, &["run", "--recheck-ms", "100"])
+            .env("NODE_NAME", "node-1")
+            .env("KUBECONFIG", root.join("kubeconfig"))
+            .env("ZTUNNEL_UDS_ADDRESS", root.join("zds.sock"))
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -110,7 +160,8 @@ fn run_serves_plugins_and_stays_installed_when_stopped() {
         chained() && sock.exists()
     });
 
-    // The placeholder enroller answers "not meshed", so ADD passes prevResult through.
+    // Neither the pod nor its namespace is ambient: "not meshed", so ADD passes prevResult
+    // through.
     let prev = r#"{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.77.0.9/16"}]}"#;
     let stdin = format!(
         r#"{{"cniVersion":"0.4.0","name":"ptp-net","type":"meshtunnel-cni","agent_socket":{:?},"prevResult":{prev}}}"#,
@@ -158,4 +209,5 @@ fn run_serves_plugins_and_stays_installed_when_stopped() {
         !sock.exists(),
         "socket removed so plugins fail fast while the agent is away"
     );
+    assert!(!root.join("zds.sock").exists(), "ZDS socket removed");
 }

@@ -64,7 +64,8 @@ fn run_cmd(mut cmd: Command, stdin: &[u8]) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    // A plugin may answer (e.g. VERSION) and exit without reading stdin: EPIPE here is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
     let out = child.wait_with_output().unwrap();
     Run {
         code: out.status.code().unwrap_or(-1),

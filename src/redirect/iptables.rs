@@ -194,6 +194,15 @@ pub(crate) fn install(ns: &NetnsHandle, cfg: &RedirectConfig) -> Result<(), Redi
     Ok(())
 }
 
+pub(crate) fn is_installed(ns: &NetnsHandle) -> Result<bool, RedirectError> {
+    let found = existing(ns)?;
+    Ok(TABLES.iter().all(|t| {
+        HOOKS
+            .iter()
+            .all(|h| found.hook_count(*t, *h) > 0 && found.has_chain(*t, *h))
+    }))
+}
+
 pub(crate) fn uninstall(ns: &NetnsHandle) -> Result<(), RedirectError> {
     let found = existing(ns)?;
     if !found.is_empty() {

@@ -103,6 +103,19 @@ pub fn uninstall(
     rules.and(routes)
 }
 
+/// Whether everything [`install`] adds is present in the netns at `netns` (our chains hooked or
+/// our table, and the v4 policy route). Lets a restarted agent leave a captured pod alone instead
+/// of re-applying rules it already has. Presence, not content: install is atomic, so our chains
+/// exist either complete or not at all unless someone edits them by hand.
+pub fn is_installed(netns: &Path, backend: Backend) -> Result<bool, RedirectError> {
+    let ns = NetnsHandle::open(netns)?;
+    let rules = match backend {
+        Backend::Iptables => iptables::is_installed(&ns)?,
+        Backend::Nftables => nft::is_installed(&ns)?,
+    };
+    Ok(rules && routes::is_installed(&ns)?)
+}
+
 fn uninstall_rules(ns: &NetnsHandle, backend: Backend) -> Result<(), RedirectError> {
     match backend {
         Backend::Iptables => iptables::uninstall(ns),

@@ -105,6 +105,16 @@ pub(crate) fn install(ns: &NetnsHandle, cfg: &RedirectConfig) -> Result<(), Redi
     Ok(())
 }
 
+pub(crate) fn is_installed(ns: &NetnsHandle) -> Result<bool, RedirectError> {
+    let Ok(listing) = ns.run("nft", &["list", "table", "ip", NFT_TABLE], None) else {
+        // `nft` fails when the table does not exist; a missing binary fails install too.
+        return Ok(false);
+    };
+    Ok(CHAINS
+        .iter()
+        .all(|(_, _, name, _)| listing.contains(&format!("chain {name} {{"))))
+}
+
 pub(crate) fn uninstall(ns: &NetnsHandle) -> Result<(), RedirectError> {
     ns.run("nft", &["-f", "-"], Some(&nft_uninstall_script()))?;
     Ok(())

@@ -113,6 +113,17 @@ pub(crate) fn install(ns: &NetnsHandle) -> Result<(), RedirectError> {
     Ok(())
 }
 
+pub(crate) fn is_installed(ns: &NetnsHandle) -> Result<bool, RedirectError> {
+    if !has_rule(ns, Family::V4)? {
+        return Ok(false);
+    }
+    let table = ROUTE_TABLE.to_string();
+    let routes = ns.run("ip", &["-4", "route", "show", "table", &table], None)?;
+    Ok(routes
+        .lines()
+        .any(|l| l.starts_with("local default dev lo")))
+}
+
 pub(crate) fn uninstall(ns: &NetnsHandle) -> Result<(), RedirectError> {
     uninstall_family(ns, Family::V4)?;
     let _ = uninstall_family(ns, Family::V6);

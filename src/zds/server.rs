@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -65,6 +66,11 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Bumped each time a ztunnel connection has taken its snapshot, so the agent can resend pods
+    /// that were waiting for a ztunnel (see [`ZdsServer::synced_connections`]).
+    synced: watch::Sender<u64>,
+    /// Snapshots are held back until this is true (see [`ZdsServer::bind_not_ready`]).
+    ready: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -81,19 +87,52 @@ pub struct ZdsServer {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     path: PathBuf,
+    /// (device, inode) of the socket file we bound, so Drop does not remove a newer agent's.
+    identity: Option<(u64, u64)>,
 }
 
 impl ZdsServer {
     /// Listens at `path` (replacing a stale socket file). Must be called within a tokio runtime.
     pub fn bind(path: impl AsRef<Path>) -> io::Result<Self> {
+        let server = Self::bind_not_ready(path)?;
+        server.mark_ready();
+        Ok(server)
+    }
+
+    /// Like [`ZdsServer::bind`], but a connecting ztunnel gets its snapshot only after
+    /// [`ZdsServer::mark_ready`]. A restarted agent needs this: ztunnel drops every proxy the
+    /// snapshot does not name, so a snapshot sent before the agent has re-registered its running
+    /// pods would cut them off.
+    pub fn bind_not_ready(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref().to_path_buf();
         let listener = SeqPacketListener::bind(&path)?;
+        let identity = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            synced: watch::channel(0).0,
+            ready: watch::channel(false).0,
         });
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
-        Ok(Self { shared, stop, path })
+        Ok(Self {
+            shared,
+            stop,
+            path,
+            identity,
+        })
+    }
+
+    /// Lets snapshots go out: every pod known so far has been added.
+    pub fn mark_ready(&self) {
+        self.shared.ready.send_replace(true);
+    }
+
+    /// Counts ztunnel connections that have been sent (and acked) their snapshot. A change means a
+    /// ztunnel is ready for Adds: pods whose Add failed for want of one can be retried now.
+    pub fn synced_connections(&self) -> watch::Receiver<u64> {
+        self.shared.synced.subscribe()
     }
 
     /// Records the pod and sends it to the newest ztunnel, waiting for its Ack. With no ztunnel
@@ -155,7 +194,12 @@ impl ZdsServer {
 impl Drop for ZdsServer {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        let _ = std::fs::remove_file(&self.path);
+        // An upgraded agent may already have bound its own socket at the path; leave that one.
+        let still_ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| Some((m.dev(), m.ino())) == self.identity);
+        if still_ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -252,6 +296,13 @@ async fn conn_main(sock: &SeqPacket, shared: &Shared) -> Result<(), ZdsError> {
         )));
     }
 
+    let mut ready = shared.ready.subscribe();
+    if !*ready.borrow() {
+        debug!("ztunnel connected; holding its snapshot until the agent has resynced");
+    }
+    // Until then the connection is not registered, so add() reports NotConnected and the pod
+    // goes out with the snapshot.
+    let _ = ready.wait_for(|r| *r).await;
     let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
     // Taking the snapshot and publishing the connection under one lock means every add() either
     // is in this snapshot or is queued on this connection after it, never neither.
@@ -285,6 +336,7 @@ async fn conn_main(sock: &SeqPacket, shared: &Shared) -> Result<(), ZdsError> {
         warn!("ztunnel rejected SnapshotSent: {reason}");
     }
     debug!(id = registration.id, "snapshot acknowledged");
+    shared.synced.send_modify(|n| *n += 1);
 
     loop {
         tokio::select! {

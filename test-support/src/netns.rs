@@ -125,6 +125,11 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Guards a child started some other way (e.g. in the host netns with its own environment).
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard { child: Some(child) }
+    }
+
     pub fn id(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

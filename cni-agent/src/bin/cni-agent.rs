@@ -1,18 +1,18 @@
-//! `cni-agent`: meshtunnel's per-node CNI agent. For now it installs and uninstalls the chained
-//! plugin and runs the plugin-request server with a placeholder decision; the Kubernetes-watching
-//! enroller plugs into `cni_agent::server::Enroller` later.
+//! `cni-agent`: meshtunnel's per-node CNI agent. Installs and uninstalls the chained plugin, and
+//! runs the node agent: watches Kubernetes, captures ambient pods, hands them to ztunnel over ZDS
+//! and answers the plugin's CNI ADD/DEL.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use cni_agent::agent::{Agent, AgentConfig};
 use cni_agent::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_AGENT_TIMEOUT_MS};
 use cni_agent::install::{self, InstallConfig, InstallError, PluginSettings};
-use cni_agent::protocol::{EnrollRequest, ReleaseRequest};
-use cni_agent::server::{Decision, Enroller, PluginServer};
+use cni_agent::server::PluginServer;
+use meshtunnel::redirect::{self, Backend, RedirectConfig};
 
 /// meshtunnel CNI node agent.
 #[derive(Parser, Debug)]
@@ -31,9 +31,9 @@ enum Cmd {
     /// binary. Never part of a restart or upgrade (pods would then start uncaptured); run it
     /// only when removing meshtunnel, e.g. from the DaemonSet's uninstall job.
     Uninstall(DirArgs),
-    /// Run the agent: serve plugin requests, install, and keep the plugin chained until stopped.
-    /// Stopping does not uninstall. Until the Kubernetes watcher exists, every pod is answered
-    /// "not meshed".
+    /// Run the agent: watch this node's pods and all namespaces, capture ambient pods (ZDS to
+    /// ztunnel, in-pod redirect rules, annotation), serve plugin requests, install, and keep the
+    /// plugin chained until stopped. Stopping neither uninstalls nor releases captured pods.
     Run(RunArgs),
 }
 
@@ -81,6 +81,81 @@ struct RunArgs {
     /// How often to check that the plugin is still chained and installed (milliseconds).
     #[arg(long, env = "MESHTUNNEL_CNI_RECHECK_MS", default_value_t = 5_000)]
     recheck_ms: u64,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BackendArg {
+    /// nftables when `nft` works here, else iptables.
+    Auto,
+    Iptables,
+    Nftables,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// This node's name: only pods with this spec.nodeName are watched and captured.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Kubeconfig to reach the API server [default: KUBECONFIG, else in-cluster, else ~/.kube/config].
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The ZDS socket the agent listens on and ztunnel connects to.
+    #[arg(long, env = "ZTUNNEL_UDS_ADDRESS", default_value = meshtunnel::zds::DEFAULT_SOCKET_PATH)]
+    ztunnel_uds: PathBuf,
+    /// Which tool writes the in-pod redirect rules.
+    #[arg(long, env = "MESHTUNNEL_REDIRECT_BACKEND", value_enum, default_value_t = BackendArg::Auto)]
+    redirect_backend: BackendArg,
+    /// Directory of bind-mounted netns files searched (with /proc/*/ns/net) when a pod's netns
+    /// must be found by its IP (pods that were running before the agent saw their CNI ADD).
+    #[arg(long, env = "MESHTUNNEL_NETNS_DIR", default_value = "/var/run/netns")]
+    netns_dir: PathBuf,
+    /// The longest wait between two attempts to capture (or release) a pod (milliseconds);
+    /// attempts never stop while the pod should be captured.
+    #[arg(long, env = "MESHTUNNEL_RETRY_MAX_MS", default_value_t = 30_000)]
+    retry_max_ms: u64,
+    /// How long CNI ADD waits for a new pod to reach the watch cache before asking the API
+    /// server directly (milliseconds).
+    #[arg(long, env = "MESHTUNNEL_CNI_POD_WAIT_MS", default_value_t = 5_000)]
+    pod_wait_ms: u64,
+}
+
+impl AgentArgs {
+    fn config(&self) -> anyhow::Result<AgentConfig> {
+        anyhow::ensure!(!self.node_name.is_empty(), "--node-name must not be empty");
+        anyhow::ensure!(self.retry_max_ms > 0, "--retry-max-ms must be positive");
+        let backend = match self.redirect_backend {
+            BackendArg::Auto => redirect::detect_backend(),
+            BackendArg::Iptables => Backend::Iptables,
+            BackendArg::Nftables => Backend::Nftables,
+        };
+        let mut cfg = AgentConfig::new(self.node_name.clone());
+        cfg.ztunnel_uds = self.ztunnel_uds.clone();
+        cfg.backend = backend;
+        cfg.redirect = RedirectConfig::default();
+        cfg.netns_dir = self.netns_dir.clone();
+        cfg.retry_max = Duration::from_millis(self.retry_max_ms);
+        cfg.retry_base = cfg.retry_base.min(cfg.retry_max);
+        cfg.pod_wait = Duration::from_millis(self.pod_wait_ms);
+        Ok(cfg)
+    }
+
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .with_context(|| format!("using kubeconfig {}", path.display()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .context("finding the API server (no kubeconfig, not in a cluster)")?,
+        };
+        Ok(kube::Client::try_from(config)?)
+    }
 }
 
 impl InstallArgs {
@@ -158,10 +233,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Registered first: a SIGTERM during start-up (copying the plugin can take a while) must
+    // still mean a clean stop, not death by the default action.
+    let stop_signal = shutdown_signal()?;
     let cfg = args.install.config()?;
+    let agent_cfg = args.agent.config()?;
+    let client = args.agent.client().await?;
+    let agent = Agent::start(agent_cfg, client)?;
     // Listen before chaining: from the moment the entry is in place, every new pod's ADD comes
     // to this socket.
-    let server = PluginServer::bind(&cfg.plugin.agent_socket, Arc::new(NothingMeshedYet))
+    let server = PluginServer::bind(&cfg.plugin.agent_socket, agent.enroller())
         .with_context(|| format!("binding {}", cfg.plugin.agent_socket.display()))?;
     match install::install(&cfg) {
         Ok(report) => tracing::info!(?report, "meshtunnel-cni installed"),
@@ -182,31 +263,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let served = tokio::spawn(server.serve(async move {
         let _ = stop_serve.recv().await;
     }));
-    shutdown_signal().await;
+    stop_signal.await;
     tracing::info!("stopping; meshtunnel-cni stays installed so pods keep failing closed");
     let _ = stop_tx.send(());
     let _ = tokio::join!(watcher, served);
+    drop(agent);
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// Stand-in until the Kubernetes watcher provides the real decision.
-struct NothingMeshedYet;
-
-impl Enroller for NothingMeshedYet {
-    async fn enroll(&self, req: EnrollRequest) -> Result<Decision, String> {
-        tracing::warn!(ns = %req.pod.namespace, pod = %req.pod.name,
-            "no pod selection yet; starting the pod outside the mesh");
-        Ok(Decision::NotMeshed)
-    }
-
-    async fn release(&self, _req: ReleaseRequest) {}
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
