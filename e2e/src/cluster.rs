@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use kube_standin::{KubeStandin, Resource};
 use meshtunnel::identity::LocalCa;
+use meshtunnel::state::Protocol;
 use serde_json::{json, Value};
 use test_support::{run_in, unique_prefix, Netns, NodeId};
 
@@ -42,6 +43,8 @@ use process::Proc;
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const DATAPLANE_LABEL: &str = "istio.io/dataplane-mode";
 const READINESS_PORT: u16 = 15021;
+/// How often ztunnel re-reads its config file here.
+const CONFIG_POLL: Duration = Duration::from_millis(100);
 /// ztunnel's listeners inside an enrolled pod.
 pub const PROXY_PORTS: [u16; 3] = [15001, 15006, 15008];
 
@@ -338,7 +341,10 @@ impl Cluster {
         let mut cmd = node.netns.command(bin.to_str().context("non-UTF-8 path")?);
         cmd.env_clear()
             .env("LOCAL_XDS_PATH", self.config_path(id))
-            .env("CONFIG_POLL_INTERVAL", "100ms")
+            .env(
+                "CONFIG_POLL_INTERVAL",
+                format!("{}ms", CONFIG_POLL.as_millis()),
+            )
             .env("INPOD_UDS", node.zds_socket())
             .env("NODE_NAME", node.name)
             .env("TRUST_DOMAIN", TRUST_DOMAIN)
@@ -450,6 +456,29 @@ impl Cluster {
             .map(str::to_owned)
     }
 
+    /// Waits until every ztunnel's config file lists each of `pods` with `protocol` (the
+    /// istiod stand-in follows the agent's annotation), then a few of ztunnel's 100 ms polls
+    /// more, so ztunnel runs with it.
+    pub fn wait_config(&self, pods: &[&Pod], protocol: Protocol, timeout: Duration) -> Result<()> {
+        wait_until(timeout, "ztunnel config rendered", || {
+            self.nodes.iter().all(|n| {
+                let path = self.config_path(n.id);
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    return false;
+                };
+                let Ok(snap) = meshtunnel::config::parse(&text, &path) else {
+                    return false;
+                };
+                pods.iter().all(|p| {
+                    snap.workload_by_uid(&p.uid)
+                        .is_some_and(|w| w.protocol == protocol)
+                })
+            })
+        })?;
+        std::thread::sleep(CONFIG_POLL * 6);
+        Ok(())
+    }
+
     // ---- pods, as a node makes them ----
 
     pub fn runtime(&self, id: NodeId) -> Runtime<'_> {
@@ -519,12 +548,23 @@ impl Cluster {
             }
         };
         let ip = pod.ip.to_string();
+        let now = obj["metadata"]["creationTimestamp"].clone();
+        // What a kubelet reports once the sandbox and the app container run.
         let status = json!({"status": {
             "phase": "Running",
             "podIP": ip,
             "podIPs": [{"ip": ip}],
             "hostIP": node.wire_ip.to_string(),
             "hostIPs": [{"ip": node.wire_ip.to_string()}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{
+                "name": "app",
+                "image": "busybox",
+                "ready": true,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+            }],
         }});
         let pod = Arc::new(pod);
         // Registered before the status write, so a failure below still tears the sandbox down.

@@ -73,25 +73,11 @@ fn state(cluster: &Cluster, pods: &[&Arc<Pod>]) -> String {
     s + &cluster.diagnostics()
 }
 
-/// Waits until both ztunnels' config files say `protocol` for every pod, then a few of
-/// ztunnel's poll intervals more, so it has loaded them.
 fn wait_config(cluster: &Cluster, pods: &[&Arc<Pod>], protocol: Protocol) {
-    wait_until(GENEROUS, "config rendered", || {
-        [NodeId::A, NodeId::B].iter().all(|n| {
-            let Ok(text) = std::fs::read_to_string(cluster.config_path(*n)) else {
-                return false;
-            };
-            let Ok(snap) = meshtunnel::config::parse(&text, &cluster.config_path(*n)) else {
-                return false;
-            };
-            pods.iter().all(|p| {
-                snap.workload_by_uid(&p.uid)
-                    .is_some_and(|w| w.protocol == protocol)
-            })
-        })
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    let pods: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
+    cluster
+        .wait_config(&pods, protocol, GENEROUS)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diagnostics()));
 }
 
 /// Sends the marker plus random bytes from `from` to `to` and captures the wire meanwhile.
@@ -293,6 +279,23 @@ fn pod_created_in_labelled_namespace_is_captured_before_its_first_connection() {
         "{}",
         state(&cluster, &[&fresh])
     );
+
+    // Removal the node's way: CNI DEL through the chain, then the object. The address goes
+    // back to host-local and ztunnel closes the pod's proxies (we still hold its netns).
+    let lease = cluster
+        .node(NodeId::A)
+        .ipam_dir()
+        .join("podnet")
+        .join(fresh.ip.to_string());
+    assert!(lease.exists(), "no lease file {}", lease.display());
+    cluster.delete_pod(NS, "fresh").unwrap();
+    assert!(!lease.exists(), "DEL left the lease");
+    assert!(cluster.pod_object(NS, "fresh").is_none());
+    wait_until(GENEROUS, "fresh's proxies closed", || {
+        cluster.proxy_listeners(&fresh).is_ok_and(|l| l.is_empty())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", state(&cluster, &[&fresh])));
+    assert!(is_enrolled(&cluster, &b1), "{}", state(&cluster, &[&b1]));
 }
 
 /// A long-lived connection: write a chunk, read the same bytes back.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use meshtunnel::state::Protocol;
 use meshtunnel_e2e::apps::{connect_from, echo_exact, random_bytes, EchoServer};
 use meshtunnel_e2e::cluster::{wait_until, Cluster, ClusterOptions, Pod, PodSpec, PROXY_PORTS};
 use meshtunnel_e2e::wire::{Capture, Summary};
@@ -115,8 +116,8 @@ fn run() -> Result<()> {
             r"custom-columns=NAME:.metadata.name,IP:.status.podIP,NODE:.spec.nodeName,REDIRECTION:.metadata.annotations.ambient\.istio\.io/redirection",
         ],
     )?;
-    // The istiod stand-in republishes the pods as HBONE; ztunnel polls its config every 100 ms.
-    std::thread::sleep(Duration::from_millis(700));
+    // The istiod stand-in republishes the captured pods as HBONE workloads.
+    cluster.wait_config(&[&a1, &a2, &b1], Protocol::Hbone, Duration::from_secs(20))?;
     check()?;
 
     let size = 4 * 1024 * 1024;
@@ -162,7 +163,7 @@ fn run() -> Result<()> {
         &cluster,
         &["label", "namespace", NS, "istio.io/dataplane-mode-"],
     )?;
-    let pods = [&a1, &a2, &a3, &b1];
+    let pods: [&Pod; 4] = [&a1, &a2, &a3, &b1];
     let took = wait_until(Duration::from_secs(20), "pods released", || {
         pods.iter().all(|p| released(&cluster, p))
     })?;
@@ -170,7 +171,7 @@ fn run() -> Result<()> {
         "   every pod released {} ms after the label went (rules, listeners and annotation gone)",
         took.as_millis()
     );
-    std::thread::sleep(Duration::from_millis(700));
+    cluster.wait_config(&pods, Protocol::Tcp, Duration::from_secs(20))?;
     println!("\n== a1 -> b1:8080 after the label: plain TCP again");
     show_wire(&exchange(&cluster, &a1, &b1, 256 * 1024)?);
 
@@ -220,7 +221,13 @@ fn chain(cluster: &Cluster, node: NodeId) -> String {
                 c["plugins"]
                     .as_array()?
                     .iter()
-                    .filter_map(|p| p["type"].as_str().map(str::to_owned))
+                    .filter_map(|p| {
+                        let ty = p["type"].as_str()?;
+                        Some(match p["ipam"]["type"].as_str() {
+                            Some(ipam) => format!("{ty} (ipam {ipam})"),
+                            None => ty.to_owned(),
+                        })
+                    })
                     .collect::<Vec<_>>()
                     .join(" -> "),
             )
