@@ -336,6 +336,8 @@ fn agent_restart_keeps_flows_and_enrols_pods_created_during_the_outage() {
         .downcast_ref::<PluginError>()
         .unwrap_or_else(|| panic!("not a plugin failure: {err:#}"));
     assert_eq!(plugin_err.plugin, "meshtunnel-cni", "{plugin_err}");
+    // CNI's "try again later": the runtime retries the sandbox.
+    assert_eq!(plugin_err.code, Some(11), "{plugin_err}");
     let obj = cluster.pod_object(NS, "during").unwrap();
     assert_eq!(obj["status"]["phase"], "Pending");
     assert!(cluster.pod(NS, "during").is_none());

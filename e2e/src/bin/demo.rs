@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use meshtunnel::state::Protocol;
 use meshtunnel_e2e::apps::{connect_from, echo_exact, random_bytes, EchoServer};
-use meshtunnel_e2e::cluster::{wait_until, Cluster, ClusterOptions, Pod, PodSpec, PROXY_PORTS};
+use meshtunnel_e2e::cluster::{
+    wait_until, Cluster, ClusterOptions, Pod, PodSpec, DATAPLANE_LABEL, PROXY_PORTS,
+};
 use meshtunnel_e2e::wire::{Capture, Summary};
 use test_support::{NodeId, WIRE_IF};
 
@@ -81,10 +83,13 @@ fn run() -> Result<()> {
     let a1 = cluster.create_pod(&PodSpec::new("a1", NodeId::A))?;
     let a2 = cluster.create_pod(&PodSpec::new("a2", NodeId::A))?;
     let b1 = cluster.create_pod(&PodSpec::new("b1", NodeId::B))?;
+    // b2 opts out of the mesh with its own label.
+    let b2 = cluster.create_pod(&PodSpec::new("b2", NodeId::B).label(DATAPLANE_LABEL, "none"))?;
     kubectl(&cluster, &["get", "pods", "-n", NS, "-o", "wide"])?;
     let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
     let echo_b1 = EchoServer::start(cluster.netns_of(&b1), any(8080))?;
     let echo_a2 = EchoServer::start(cluster.netns_of(&a2), any(8080))?;
+    let echo_b2 = EchoServer::start(cluster.netns_of(&b2), any(8080))?;
     check()?;
 
     println!("\n== a1 -> b1:8080 before the label: plain TCP");
@@ -113,7 +118,7 @@ fn run() -> Result<()> {
             "-n",
             NS,
             "-o",
-            r"custom-columns=NAME:.metadata.name,IP:.status.podIP,NODE:.spec.nodeName,REDIRECTION:.metadata.annotations.ambient\.istio\.io/redirection",
+            r"custom-columns=NAME:.metadata.name,IP:.status.podIP,NODE:.spec.nodeName,DATAPLANE:.metadata.labels.istio\.io/dataplane-mode,REDIRECTION:.metadata.annotations.ambient\.istio\.io/redirection",
         ],
     )?;
     // The istiod stand-in republishes the captured pods as HBONE workloads.
@@ -140,6 +145,9 @@ fn run() -> Result<()> {
         "   ok, byte-exact; a2's app saw {:?}",
         echo_a2.peers().last()
     );
+    println!("\n== a1 -> b2:8080 (b2 opted out): ztunnel A passes it through as plain TCP");
+    show_wire(&exchange(&cluster, &a1, &b2, 64 * 1024)?);
+    println!("   b2's app saw {:?}", echo_b2.peers().last());
     check()?;
 
     println!("\n== a pod created now is captured before its first connection (CNI ADD waits for the agent)");
