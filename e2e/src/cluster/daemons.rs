@@ -65,7 +65,7 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             proc.check_alive()?;
-            let listening = std::os::unix::net::UnixStream::connect(node.agent_socket()).is_ok();
+            let listening = unix_listening(&node.agent_socket());
             let chained = self
                 .runtime(id)
                 .current_conflist()
@@ -196,4 +196,22 @@ impl Cluster {
     pub fn agent_log(&self, id: NodeId) -> String {
         std::fs::read_to_string(self.node(id).agent_log()).unwrap_or_default()
     }
+}
+
+/// Whether a Unix socket at `path` is listening in this thread's netns, read from
+/// /proc/self/net/unix rather than by connecting (which the agent would log as a bad request).
+/// A killed agent's socket file stays behind, but its entry there goes.
+fn unix_listening(path: &std::path::Path) -> bool {
+    // Flags 00010000 = __SO_ACCEPTCON: a listening socket.
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/self/net/unix") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8
+            && f[7] == want
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & ACCEPTCON != 0)
+    })
 }
