@@ -591,3 +591,52 @@ fn server_rejects_wrong_hello() {
         assert_eq!(server.connection_count(), 0);
     });
 }
+
+#[test]
+fn snapshot_waits_until_ready_and_synced_connections_count() {
+    run_shared(async {
+        let dir = TestDir::new();
+        let server = ZdsServer::bind_not_ready(dir.sock()).expect("bind");
+        let mut synced = server.synced_connections();
+        let zt = raw_ztunnel(&dir.sock(), proto::ZdsVersion::V1 as i32).await;
+        // Connected, but the agent is still resyncing: no snapshot, and adds are only recorded.
+        let held = tokio::time::timeout(Duration::from_millis(300), zt.recv()).await;
+        assert!(held.is_err(), "snapshot sent before mark_ready");
+        let err = server
+            .add("p1", info("p1"), netns())
+            .await
+            .expect_err("held");
+        assert!(matches!(err, ZdsError::NotConnected), "{err}");
+        assert_eq!(*synced.borrow_and_update(), 0);
+
+        server.mark_ready();
+        let (req, fds) = recv_request(&zt).await;
+        assert_eq!((req, fds), (add("p1"), 1));
+        ack(&zt, "").await;
+        let (req, _) = recv_request(&zt).await;
+        assert_eq!(req, snapshot_sent());
+        ack(&zt, "").await;
+        tokio::time::timeout(STEP, synced.changed())
+            .await
+            .expect("no sync notification")
+            .expect("sender alive");
+        assert_eq!(*synced.borrow(), 1);
+    });
+}
+
+#[test]
+fn dropping_a_server_leaves_a_newer_servers_socket() {
+    run_shared(async {
+        let dir = TestDir::new();
+        let old = ZdsServer::bind(dir.sock()).expect("bind old");
+        // An upgrade: the new agent binds the same path while the old one is still running.
+        let new = ZdsServer::bind(dir.sock()).expect("bind new");
+        drop(old);
+        assert!(
+            dir.sock().exists(),
+            "old server removed the new server's socket"
+        );
+        drop(new);
+        assert!(!dir.sock().exists());
+    });
+}

@@ -114,6 +114,7 @@ fn help_names_every_agent_setting_with_its_env() {
         ("--ztunnel-uds", "ZTUNNEL_UDS_ADDRESS"),
         ("--redirect-backend", "MESHTUNNEL_REDIRECT_BACKEND"),
         ("--netns-dir", "MESHTUNNEL_NETNS_DIR"),
+        ("--retry-min-ms", "MESHTUNNEL_RETRY_MIN_MS"),
         ("--retry-max-ms", "MESHTUNNEL_RETRY_MAX_MS"),
         ("--pod-wait-ms", "MESHTUNNEL_CNI_POD_WAIT_MS"),
         ("--agent-socket", "MESHTUNNEL_CNI_AGENT_SOCKET"),

@@ -91,6 +91,68 @@ fn add_captures_before_answering_and_unlabelled_is_not_meshed() {
     assert_eq!(reply.error, None);
     assert!(start.elapsed() < Duration::from_secs(5));
     wait_for("ztunnel Del", || zt.got_del(&meshed.uid));
+    zt.clear();
+    // The sandbox is going away: its netns (still there for a moment, with the pod's IP) is
+    // not re-enrolled by the watch, although the pod object is still labelled.
+    node.label_pod("mesh", "app", Some("ambient"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        zt.got_add(&meshed.uid).is_none(),
+        "released pod enrolled again\n{}",
+        node.log()
+    );
+    node.stop_agent();
+}
+
+#[test]
+fn add_for_a_pod_the_watch_has_not_seen_yet() {
+    let mut node = Node::new("iptables");
+    // The uid mismatch below waits this long for the cache before asking the API.
+    node.extra_env = vec![("MESHTUNNEL_CNI_POD_WAIT_MS", "1000".into())];
+    node.create_namespace("mesh", true);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    node.start_agent();
+    node.wait_watching();
+    // As the kubelet sees it: the pod was just created, Pending, no IP yet; the runtime builds
+    // the sandbox and calls CNI ADD at once.
+    let netns = TestPod::create(&format!("{}-fresh", node.prefix), node.next_ip());
+    let created = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "fresh", "namespace": "mesh"},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+    let pod = TestPod {
+        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+        namespace: "mesh".into(),
+        name: "fresh".into(),
+        ..netns
+    };
+    let reply = replied(add(&node, &pod, pod.netns.path().to_str().unwrap()));
+    assert_eq!(reply.error, None, "{}", node.log());
+    assert!(reply.mesh && pod.captured());
+    match zt.got_add(&pod.uid) {
+        Some(node::ZEvent::Add { sa, inode, .. }) => {
+            assert_eq!(inode, pod.inode());
+            assert_eq!(sa, "default", "no serviceAccountName means \"default\"");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A runtime asking for a uid the API does not have fails the ADD.
+    let stranger = TestPod {
+        uid: "00000000-0000-0000-0000-000000000000".into(),
+        namespace: "mesh".into(),
+        name: "fresh".into(),
+        ..TestPod::create(&format!("{}-stranger", node.prefix), node.next_ip())
+    };
+    let reply = replied(add(
+        &node,
+        &stranger,
+        stranger.netns.path().to_str().unwrap(),
+    ));
+    assert!(reply.error.is_some_and(|e| e.contains("uid")));
+    assert!(!stranger.captured());
     node.stop_agent();
 }
 
@@ -143,6 +205,43 @@ fn add_for_a_vanished_netns_fails_cleanly_and_agent_keeps_serving() {
 }
 
 #[test]
+fn netns_vanishing_after_ztunnel_acked_fails_the_add_and_removes_the_pod() {
+    let mut node = Node::new("iptables");
+    node.create_namespace("mesh", true);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    node.start_agent();
+    node.wait_watching();
+    // No IP in the API, so only the ADD can capture it.
+    let pod = TestPod::create(&format!("{}-brief", node.prefix), node.next_ip());
+    let created = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "brief", "namespace": "mesh"},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+    let pod = TestPod {
+        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+        namespace: "mesh".into(),
+        name: "brief".into(),
+        ..pod
+    };
+    zt.delete_netns_on_add(&pod.uid, pod.netns.name());
+    let reply = replied(add(&node, &pod, pod.netns.path().to_str().unwrap()));
+    let err = reply.error.expect("ADD must fail when the netns vanished");
+    assert!(err.contains("replaced or removed"), "{err}");
+    assert!(
+        zt.got_del(&pod.uid),
+        "ztunnel kept a proxy for an uncaptured pod"
+    );
+    // Still serving.
+    let ok = node.running_pod("mesh", "ok", json!({}), json!({}));
+    let reply = replied(add(&node, &ok, ok.netns.path().to_str().unwrap()));
+    assert_eq!(reply.error, None, "{}", node.log());
+    node.stop_agent();
+}
+
+#[test]
 fn pod_opted_out_and_host_network_are_never_touched() {
     let mut node = Node::new("iptables");
     node.create_namespace("mesh", true);
@@ -175,5 +274,100 @@ fn pod_opted_out_and_host_network_are_never_touched() {
     assert_eq!(node.annotation("mesh", "optout"), None);
     assert_eq!(node.annotation("mesh", "host"), None);
     let _ = AMBIENT;
+    node.stop_agent();
+}
+
+/// The installed `meshtunnel-cni` binary, called the way a runtime calls a chained plugin.
+fn run_plugin(node: &Node, command: &str, pod: &TestPod, prev: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let stdin = format!(
+        r#"{{"cniVersion":"0.4.0","name":"ptp-net","type":"meshtunnel-cni","agent_socket":{:?},"prevResult":{prev}}}"#,
+        node.plugin_socket().to_str().unwrap()
+    );
+    let mut child = Command::new(node.root().join("bin/meshtunnel-cni"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("c-{}", pod.name))
+        .env("CNI_NETNS", pod.netns.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", node.root().join("bin"))
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                pod.namespace, pod.name, pod.uid
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_real_plugin_binary_captures_on_add_and_releases_on_del() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("mesh", true);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    node.start_agent();
+    wait_for("the plugin installed by the agent", || {
+        node.root().join("bin/meshtunnel-cni").exists()
+    });
+    node.wait_watching();
+    let pod = TestPod::create(&format!("{}-plug", node.prefix), node.next_ip());
+    let created = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "plug", "namespace": "mesh"},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+    let pod = TestPod {
+        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+        namespace: "mesh".into(),
+        name: "plug".into(),
+        ..pod
+    };
+    let prev = format!(
+        r#"{{"cniVersion":"0.4.0","ips":[{{"version":"4","address":"{}/28"}}]}}"#,
+        pod.ip
+    );
+    let (ok, out) = run_plugin(&node, "ADD", &pod, &prev);
+    assert!(ok, "plugin ADD failed: {out}\n{}", node.log());
+    assert!(pod.captured(), "ADD succeeded before capture");
+    assert!(zt.got_add(&pod.uid).is_some());
+
+    let (ok, out) = run_plugin(&node, "DEL", &pod, &prev);
+    assert!(ok, "plugin DEL failed: {out}");
+    wait_for("ztunnel Del", || zt.got_del(&pod.uid));
+
+    // Without ztunnel the plugin fails the ADD: the pod must not start uncaptured.
+    drop(zt);
+    let other = TestPod::create(&format!("{}-plug2", node.prefix), node.next_ip());
+    let created = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "plug2", "namespace": "mesh"},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+    let other = TestPod {
+        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+        namespace: "mesh".into(),
+        name: "plug2".into(),
+        ..other
+    };
+    wait_for("the agent to see ztunnel go", || {
+        node.log().contains("ztunnel disconnected")
+    });
+    let (ok, out) = run_plugin(&node, "ADD", &other, &prev);
+    assert!(!ok, "ADD succeeded without ztunnel: {out}");
+    assert!(!other.captured());
     node.stop_agent();
 }

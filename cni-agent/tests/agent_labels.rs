@@ -80,3 +80,144 @@ fn namespace_label_iptables() {
 fn namespace_label_nftables() {
     namespace_label_captures_and_releases("nftables");
 }
+
+#[test]
+fn pod_label_deletion_and_completion() {
+    let mut node = Node::new("iptables");
+    node.create_namespace("plain", false);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    let solo = node.running_pod("plain", "solo", json!({node::LABEL: AMBIENT}), json!({}));
+    let done = node.running_pod("plain", "done", json!({node::LABEL: AMBIENT}), json!({}));
+    let other = node.running_pod("plain", "other", json!({}), json!({}));
+    let before = (solo.rules(), done.rules(), other.rules());
+    node.start_agent();
+    // The pod's own label is enough in an unlabelled namespace.
+    for p in [&solo, &done] {
+        wait_for(&format!("{} captured", p.name), || {
+            p.captured() && node.annotation("plain", &p.name).as_deref() == Some("enabled")
+        });
+    }
+    assert!(!other.captured() && zt.got_add(&other.uid).is_none());
+
+    // Deleted from the API: rules out of the (still existing) netns, ztunnel told.
+    node.api
+        .delete(kube_standin::Resource::Pod, Some("plain"), "solo")
+        .unwrap();
+    wait_for("deleted pod released", || zt.got_del(&solo.uid));
+    wait_for("deleted pod's rules removed", || solo.rules() == before.0);
+
+    // Finished (phase Succeeded): released, annotation removed.
+    node.api
+        .merge_patch(
+            kube_standin::Resource::Pod,
+            Some("plain"),
+            "done",
+            &json!({"status": {"phase": "Succeeded"}}),
+        )
+        .unwrap();
+    wait_for("finished pod released", || {
+        zt.got_del(&done.uid) && node.annotation("plain", "done").is_none()
+    });
+    assert_eq!(done.rules(), before.1);
+    assert_eq!(other.rules(), before.2);
+    node.stop_agent();
+}
+
+#[test]
+fn watch_relist_after_410_gone_keeps_reconciling() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("shop", false);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    let a = node.running_pod("shop", "a", json!({}), json!({}));
+    node.start_agent();
+    node.wait_watching();
+    // Like an API server restart after compaction: watches cut, old resourceVersions 410 Gone.
+    node.api.expire_history();
+    node.label_namespace("shop", Some(AMBIENT));
+    wait_for("capture after the re-list", || {
+        a.captured() && node.annotation("shop", "a").as_deref() == Some("enabled")
+    });
+    // A pod deleted while the watch is down is noticed at the re-list.
+    node.api.close_watches();
+    node.api
+        .delete(kube_standin::Resource::Pod, Some("shop"), "a")
+        .unwrap();
+    node.api.expire_history();
+    wait_for("deleted pod released after the re-list", || {
+        zt.got_del(&a.uid) && !a.captured()
+    });
+    node.stop_agent();
+}
+
+#[test]
+fn a_dozen_pods_follow_their_namespace_label() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("bulk", false);
+    let pods: Vec<_> = (0..12)
+        .map(|i| node.running_pod("bulk", &format!("p{i}"), json!({}), json!({})))
+        .collect();
+    let zt = FakeZtunnel::start(&node.zds_path());
+    node.start_agent();
+    node.wait_watching();
+    let start = Instant::now();
+    node.label_namespace("bulk", Some(AMBIENT));
+    wait_for("all 12 captured", || {
+        pods.iter()
+            .all(|p| p.captured() && node.annotation("bulk", &p.name).as_deref() == Some("enabled"))
+    });
+    eprintln!("12 pods captured in {:?} after the label", start.elapsed());
+    let start = Instant::now();
+    node.label_namespace("bulk", None);
+    wait_for("all 12 released", || {
+        pods.iter().all(|p| {
+            zt.got_del(&p.uid) && !p.captured() && node.annotation("bulk", &p.name).is_none()
+        })
+    });
+    eprintln!(
+        "12 pods released in {:?} after the unlabel",
+        start.elapsed()
+    );
+    node.stop_agent();
+}
+
+#[test]
+fn netns_found_through_a_process_or_not_outside_the_scope() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("shop", false);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    let pod = node.running_pod("shop", "web", json!({}), json!({}));
+    // A process lives in the pod's netns, like a pause container.
+    let _pause = pod.netns.spawn("sleep", &["600"]).unwrap();
+    // Search an empty netns dir: only /proc/PID/ns/net can lead to the pod.
+    let empty = node.root().join("no-netns");
+    std::fs::create_dir_all(&empty).unwrap();
+    node.extra_env = vec![("MESHTUNNEL_NETNS_DIR", empty.to_str().unwrap().to_owned())];
+    node.start_agent();
+    node.wait_watching();
+    node.label_namespace("shop", Some(AMBIENT));
+    wait_for("capture found through the process", || {
+        pod.captured() && node.annotation("shop", "web").as_deref() == Some("enabled")
+    });
+    match zt.got_add(&pod.uid) {
+        Some(ZEvent::Add { inode, .. }) => assert_eq!(inode, pod.inode()),
+        other => panic!("{other:?}"),
+    }
+    assert!(node.log().contains("/ns/net"), "not found through /proc");
+    node.stop_agent();
+
+    // With /proc off and nothing in scope, the pod cannot be found: retried, never guessed.
+    node.label_namespace("shop", None);
+    let other = node.running_pod("shop", "db", json!({}), json!({}));
+    node.extra_env = vec![
+        ("MESHTUNNEL_NETNS_DIR", empty.to_str().unwrap().to_owned()),
+        ("MESHTUNNEL_NETNS_SCAN_PROC", "false".into()),
+    ];
+    node.start_agent();
+    node.label_pod("shop", "db", Some(AMBIENT));
+    wait_for("the agent to say it found no netns", || {
+        node.log()
+            .contains("no network namespace has the pod's IPs")
+    });
+    assert!(!other.captured());
+    node.stop_agent();
+}

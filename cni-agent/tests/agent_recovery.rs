@@ -21,12 +21,15 @@ fn agent_restart_keeps_pods_captured_and_catches_up() {
     let mut node = Node::new("nftables");
     node.create_namespace("app", true);
     node.create_namespace("later", false);
+    node.create_namespace("leaving", true);
     let a = node.running_pod("app", "a", json!({}), json!({}));
     let b = node.running_pod("app", "b", json!({}), json!({}));
     let c = node.running_pod("later", "c", json!({}), json!({}));
+    let d = node.running_pod("leaving", "d", json!({}), json!({}));
+    let d_before = d.rules();
     let zt = FakeZtunnel::start(&node.zds_path());
     node.start_agent();
-    for p in [&a, &b] {
+    for p in [&a, &b, &d] {
         wait_for(&format!("{} captured", p.name), || {
             captured_and_enabled(&node, p)
         });
@@ -35,8 +38,9 @@ fn agent_restart_keeps_pods_captured_and_catches_up() {
 
     node.stop_agent();
     zt.clear();
-    // While the agent is away: a namespace is labelled.
+    // While the agent is away: one namespace is labelled, another one unlabelled.
     node.label_namespace("later", Some(AMBIENT));
+    node.label_namespace("leaving", None);
     node.start_agent();
 
     wait_for("ztunnel's snapshot from the new agent", || {
@@ -50,8 +54,15 @@ fn agent_restart_keeps_pods_captured_and_catches_up() {
             p.name
         );
     }
+    assert!(
+        !first.contains(&d.uid),
+        "snapshot {first:?} names a pod no longer for the mesh"
+    );
     wait_for("the pod labelled during the outage captured", || {
         captured_and_enabled(&node, &c)
+    });
+    wait_for("the pod unlabelled during the outage released", || {
+        d.rules() == d_before && node.annotation("leaving", "d").is_none()
     });
     assert_eq!(
         (nft_handles(&a), nft_handles(&b)),
@@ -135,5 +146,59 @@ fn nacked_pod_is_pending_until_ztunnel_takes_it() {
     wait_for("capture once ztunnel acks", || {
         captured_and_enabled(&node, &a)
     });
+    node.stop_agent();
+}
+
+#[test]
+fn finished_pod_is_released_without_touching_the_pod_that_reused_its_ip() {
+    let mut node = Node::new("iptables");
+    node.create_namespace("jobs", true);
+    let zt = FakeZtunnel::start(&node.zds_path());
+    // A new pod got the IP of a finished one (IPAM reuses addresses once a sandbox is gone).
+    let new = node.running_pod("jobs", "new", json!({}), json!({}));
+    let old = node
+        .api
+        .create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "old", "namespace": "jobs",
+                "annotations": {node::ANNOTATION: "enabled"}},
+            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
+            "status": {"phase": "Succeeded", "podIP": new.ip.to_string()}}))
+        .unwrap();
+    let old_uid = old["metadata"]["uid"].as_str().unwrap().to_owned();
+    node.start_agent();
+    wait_for("the finished pod's annotation removed", || {
+        node.annotation("jobs", "old").is_none()
+    });
+    wait_for("the new pod captured", || captured_and_enabled(&node, &new));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        captured_and_enabled(&node, &new),
+        "releasing the finished pod removed the new pod's rules\n{}",
+        node.log()
+    );
+    assert!(zt.got_add(&old_uid).is_none());
+    node.stop_agent();
+}
+
+#[test]
+fn pending_pods_go_to_ztunnel_as_soon_as_it_connects() {
+    let mut node = Node::new("nftables");
+    node.create_namespace("app", true);
+    let a = node.running_pod("app", "a", json!({}), json!({}));
+    // Backoff so long that only the connection notification can capture in time.
+    node.extra_env = vec![
+        ("MESHTUNNEL_RETRY_MIN_MS", "60000".into()),
+        ("MESHTUNNEL_RETRY_MAX_MS", "60000".into()),
+    ];
+    node.start_agent();
+    wait_for("annotation pending", || {
+        node.annotation("app", "a").as_deref() == Some("pending")
+    });
+    let zt = FakeZtunnel::start(&node.zds_path());
+    wait_for(
+        "capture on ztunnel's arrival, not at the next retry",
+        || captured_and_enabled(&node, &a),
+    );
+    assert!(zt.got_add(&a.uid).is_some());
     node.stop_agent();
 }

@@ -5,12 +5,14 @@
 //! * [`watch`] — the watch caches; every change becomes a reconcile trigger.
 //! * [`reconcile`] — desired vs actual per pod, the enrol/unenrol sequences, retries.
 //! * [`enrol`] — the steps: ZDS to ztunnel, in-pod redirect rules.
-//! * [`netns`] — finding a pod's netns (CNI path, or by its IP) and holding on to it.
+//! * [`netns`] — finding a pod's netns (CNI path, or by its IP) and holding on to it;
+//!   [`cgroup`] tells which pod a process belongs to.
 //! * [`annotate`] — the `ambient.istio.io/redirection` annotation.
 //! * [`cni`] — CNI ADD/DEL from the plugin socket.
 //! * [`state`] — what was done to which pod, and per-pod locks.
 
 mod annotate;
+mod cgroup;
 mod cni;
 mod enrol;
 mod netns;
@@ -32,6 +34,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use cni::PodEnroller;
+pub use netns::Discovery;
 
 use enrol::Mesh;
 use reconcile::{Reconciler, Trigger};
@@ -44,10 +47,8 @@ pub struct AgentConfig {
     pub ztunnel_uds: PathBuf,
     pub backend: Backend,
     pub redirect: RedirectConfig,
-    /// Bind-mounted netns files searched when a pod's netns is found by its IP.
-    pub netns_dir: PathBuf,
-    /// Whose `PID/ns/net` files are searched too (normally `/proc`).
-    pub proc_dir: PathBuf,
+    /// Where a pod's netns is searched for by its IP.
+    pub discovery: Discovery,
     pub retry_base: Duration,
     /// The longest wait between two attempts for a pod that should be captured but is not.
     pub retry_max: Duration,
@@ -62,8 +63,7 @@ impl AgentConfig {
             ztunnel_uds: meshtunnel::zds::DEFAULT_SOCKET_PATH.into(),
             backend: Backend::Nftables,
             redirect: RedirectConfig::default(),
-            netns_dir: "/var/run/netns".into(),
-            proc_dir: "/proc".into(),
+            discovery: Discovery::default(),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             pod_wait: Duration::from_secs(5),

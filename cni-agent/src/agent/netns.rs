@@ -6,7 +6,7 @@
 //! asked which addresses it has. Exactly one match is required: two namespaces with the pod's IP
 //! mean we cannot tell which one is the pod, and capturing the wrong one is worse than waiting.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
+
+use super::cgroup;
 
 /// A netns as (path, identity). The path is re-opened on every use and checked against the
 /// identity, so a recycled `/proc/PID` or a re-created bind mount is never mistaken for the pod.
@@ -68,6 +70,11 @@ impl NetnsRef {
         Ok((this, file))
     }
 
+    /// The same namespace, whatever path reached it.
+    pub fn same_as(&self, other: &NetnsRef) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+
     /// Opens the netns again, failing if the path now names something else.
     pub fn reopen(&self) -> Result<File, NetnsError> {
         let (now, file) = match NetnsRef::open(&self.path) {
@@ -91,41 +98,87 @@ pub fn fd_path(file: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
-/// Finds the one netns that has any of `ips` on an interface. Blocking (it scans `/proc` and
-/// enters namespaces on a helper thread); call from a blocking context.
-pub fn discover(ips: &[IpAddr], netns_dir: &Path, proc_dir: &Path) -> Result<NetnsRef, NetnsError> {
-    let own = File::open(proc_dir.join("self/ns/net"))
+/// Where [`discover`] looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// Bind-mounted netns files (runtimes put pod sandboxes' here).
+    pub netns_dir: PathBuf,
+    /// Only entries of `netns_dir` whose name starts with this.
+    pub name_prefix: String,
+    /// Also every process's `PID/ns/net` under this dir (normally `/proc`); `None` to search
+    /// `netns_dir` only.
+    pub proc_dir: Option<PathBuf>,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            netns_dir: "/var/run/netns".into(),
+            name_prefix: String::new(),
+            proc_dir: Some("/proc".into()),
+        }
+    }
+}
+
+/// Finds the one netns that has any of `ips` on an interface and is not known to be another
+/// pod's: a netns whose processes sit in the cgroup of a different pod uid is skipped, so an IP
+/// already reused by a new pod cannot make the old pod's uid capture the new pod. Blocking (it
+/// scans `/proc` and enters namespaces on a helper thread); call from a blocking context.
+pub fn discover(uid: &str, ips: &[IpAddr], scope: &Discovery) -> Result<NetnsRef, NetnsError> {
+    let own = File::open("/proc/self/ns/net")
         .and_then(|f| f.metadata())
         .map(|m| (m.dev(), m.ino()))
         .ok();
     let mut seen = HashSet::new();
     let mut candidates = Vec::new();
-    let mut consider = |path: PathBuf| {
+    // (dev, ino) → pod uids whose processes live in that netns.
+    let mut owners: HashMap<(u64, u64), Vec<String>> = HashMap::new();
+    let mut consider = |path: PathBuf, pod_uids: Vec<String>| {
         let Ok((r, file)) = NetnsRef::open(&path) else {
             return;
         };
-        if Some((r.dev, r.ino)) == own || !seen.insert((r.dev, r.ino)) {
+        let id = (r.dev, r.ino);
+        if Some(id) == own {
             return;
         }
-        candidates.push((r, file));
+        owners.entry(id).or_default().extend(pod_uids);
+        if seen.insert(id) {
+            candidates.push((r, file));
+        }
     };
     // Bind mounts first so that, for a netns reachable both ways, the stable path is kept.
-    if let Ok(dir) = std::fs::read_dir(netns_dir) {
+    if let Ok(dir) = std::fs::read_dir(&scope.netns_dir) {
         for entry in dir.flatten() {
-            consider(entry.path());
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&scope.name_prefix)
+            {
+                consider(entry.path(), Vec::new());
+            }
         }
     }
-    if let Ok(dir) = std::fs::read_dir(proc_dir) {
+    let procs = scope
+        .proc_dir
+        .as_ref()
+        .and_then(|p| std::fs::read_dir(p).ok());
+    if let Some(dir) = procs {
         for entry in dir.flatten() {
             let name = entry.file_name();
             if name
                 .to_str()
                 .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
             {
-                consider(entry.path().join("ns/net"));
+                let cgroup =
+                    std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+                consider(entry.path().join("ns/net"), cgroup::pod_uids(&cgroup));
             }
         }
     }
+    candidates.retain(|(r, _)| {
+        let uids = owners.get(&(r.dev, r.ino)).map_or(&[][..], Vec::as_slice);
+        uids.is_empty() || uids.iter().any(|u| u == uid)
+    });
     let wanted: Vec<IpAddr> = ips.to_vec();
     let matches = std::thread::scope(|s| {
         s.spawn(|| {

@@ -141,9 +141,11 @@ impl Reconciler {
             retry.scheduled = true;
             delay
         };
-        let this = self.clone();
+        // Weak: a stopped agent must not be kept alive (with its ZDS socket) by pending timers.
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            let Some(this) = weak.upgrade() else { return };
             if let Some(r) = this.state.known().retries.get_mut(&key) {
                 r.scheduled = false;
             }
@@ -226,13 +228,13 @@ impl Reconciler {
     ) -> Result<(), Failure> {
         let key = PodKey::of(pod);
         let annotation = selection::redirection_annotation(pod);
-        let (netns, tracked) = match self.find_netns(pod, uid, cni_netns).await {
+        let (netns, tracked) = match self.find_netns(pod, uid, cni_netns, true).await {
             Ok(found) => found,
             Err(FindError::NoIp) => return Err(Failure::Waiting("the pod has no IP yet".into())),
             Err(FindError::Netns(e)) => return Err(Failure::Retry(e.to_string())),
         };
         if let Some(t) = &tracked {
-            if t.phase == Phase::Enrolled && t.netns == netns {
+            if t.phase == Phase::Enrolled && t.netns.same_as(&netns) {
                 if annotation != Some(ENABLED) {
                     self.annotate(&key, Some(ENABLED)).await?;
                 }
@@ -293,11 +295,21 @@ impl Reconciler {
 
     /// The unenrol sequence; the caller holds the pod's lock. `pod` is `None` once it is deleted.
     pub async fn unenrol(&self, key: &PodKey, uid: &str, pod: Option<&Pod>) -> Result<(), Failure> {
-        let tracked = self.state.known().tracked.get(uid).cloned();
+        let (tracked, released) = {
+            let known = self.state.known();
+            (
+                known.tracked.get(uid).cloned(),
+                known.released.contains_key(uid),
+            )
+        };
+        // Searching by IP is only safe while the pod's sandbox can still hold that IP: once
+        // the sandbox is torn down (CNI DEL, or the pod finished) the IP may already belong to
+        // another pod, whose rules must not be removed.
+        let search = !released && pod.is_some_and(|p| !selection::is_finished(p));
         let netns = match tracked.map(|t| t.netns) {
             Some(n) if n.reopen().is_ok() => Some(n),
             _ => match pod {
-                Some(p) => match self.find_netns(p, uid, None).await {
+                Some(p) => match self.find_netns(p, uid, None, search).await {
                     Ok((n, _)) => Some(n),
                     Err(FindError::Netns(e @ NetnsError::Ambiguous { .. })) => {
                         return Err(Failure::Retry(e.to_string()))
@@ -346,6 +358,7 @@ impl Reconciler {
         pod: &Pod,
         uid: &str,
         cni_netns: Option<&Path>,
+        search_by_ip: bool,
     ) -> Result<(NetnsRef, Option<Tracked>), FindError> {
         let (tracked, remembered) = {
             let known = self.state.known();
@@ -369,14 +382,15 @@ impl Reconciler {
             }
         }
         let ips = pod_ips(pod);
-        if ips.is_empty() {
+        if ips.is_empty() || !search_by_ip {
             return Err(FindError::NoIp);
         }
-        let (dir, proc) = (self.cfg.netns_dir.clone(), self.cfg.proc_dir.clone());
-        match tokio::task::spawn_blocking(move || netns::discover(&ips, &dir, &proc)).await {
+        let scope = self.cfg.discovery.clone();
+        let uid = uid.to_owned();
+        match tokio::task::spawn_blocking(move || netns::discover(&uid, &ips, &scope)).await {
             Ok(found) => Ok((found.map_err(FindError::Netns)?, tracked)),
             Err(e) => Err(FindError::Netns(NetnsError::Open {
-                path: self.cfg.netns_dir.clone(),
+                path: self.cfg.discovery.netns_dir.clone(),
                 source: std::io::Error::other(e.to_string()),
             })),
         }

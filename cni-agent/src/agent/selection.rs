@@ -51,11 +51,16 @@ pub fn select(pod: &Pod, ns_labels: Option<&BTreeMap<String, String>>, node: &st
     if meta.deletion_timestamp.is_some() {
         return Selection::Skip("terminating");
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded") | Some("Failed")) {
+    if is_finished(pod) {
         return Selection::Skip("finished");
     }
     Selection::Mesh
+}
+
+/// Phase Succeeded or Failed: the sandbox is gone or going, and its IP may be reused.
+pub fn is_finished(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded") | Some("Failed"))
 }
 
 fn label(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {

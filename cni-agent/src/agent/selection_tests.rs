@@ -19,6 +19,8 @@ fn pod(labels: serde_json::Value, spec: serde_json::Value, extra: serde_json::Va
     serde_json::from_value(v).unwrap()
 }
 
+type Labels = BTreeMap<String, String>;
+
 fn labels(mode: Option<&str>) -> BTreeMap<String, String> {
     mode.map(|m| (DATAPLANE_MODE_LABEL.to_owned(), m.to_owned()))
         .into_iter()
@@ -36,7 +38,7 @@ fn selection_table() {
     let no_extra = json!({});
     let no_spec = json!({});
     #[rustfmt::skip]
-    let cases: Vec<(&str, Pod, Option<&BTreeMap<String, String>>, bool)> = vec![
+    let cases: Vec<(&str, Pod, Option<&Labels>, bool)> = vec![
         ("ns ambient", pod(nolabel.clone(), no_spec.clone(), no_extra.clone()), Some(&ambient_ns), true),
         ("pod ambient, plain ns", pod(amb.clone(), no_spec.clone(), no_extra.clone()), Some(&plain_ns), true),
         ("pod ambient, ns unknown", pod(amb.clone(), no_spec.clone(), no_extra.clone()), None, true),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use cni_agent::agent::{Agent, AgentConfig};
+use cni_agent::agent::{Agent, AgentConfig, Discovery};
 use cni_agent::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_AGENT_TIMEOUT_MS};
 use cni_agent::install::{self, InstallConfig, InstallError, PluginSettings};
 use cni_agent::server::PluginServer;
@@ -98,7 +98,8 @@ struct AgentArgs {
     /// This node's name: only pods with this spec.nodeName are watched and captured.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Kubeconfig to reach the API server [default: KUBECONFIG, else in-cluster, else ~/.kube/config].
+    /// Kubeconfig(s) to reach the API server, colon-separated like kubectl's
+    /// [default: in-cluster, else ~/.kube/config].
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// The ZDS socket the agent listens on and ztunnel connects to.
@@ -111,6 +112,19 @@ struct AgentArgs {
     /// must be found by its IP (pods that were running before the agent saw their CNI ADD).
     #[arg(long, env = "MESHTUNNEL_NETNS_DIR", default_value = "/var/run/netns")]
     netns_dir: PathBuf,
+    /// Only netns files in --netns-dir whose name starts with this are searched (e.g. a test
+    /// run's own prefix, when several "nodes" share one machine).
+    #[arg(long, env = "MESHTUNNEL_NETNS_PREFIX", default_value = "")]
+    netns_prefix: String,
+    /// Also search every process's /proc/PID/ns/net (needs the host PID namespace). Turn off
+    /// where other nodes' pods run on the same machine with the same IPs (tests, demo).
+    #[arg(long, env = "MESHTUNNEL_NETNS_SCAN_PROC", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    netns_scan_proc: bool,
+    /// The first wait before retrying to capture (or release) a pod (milliseconds); it doubles
+    /// with every failure up to --retry-max-ms. A ztunnel connecting retries at once anyway.
+    #[arg(long, env = "MESHTUNNEL_RETRY_MIN_MS", default_value_t = 200)]
+    retry_min_ms: u64,
     /// The longest wait between two attempts to capture (or release) a pod (milliseconds);
     /// attempts never stop while the pod should be captured.
     #[arg(long, env = "MESHTUNNEL_RETRY_MAX_MS", default_value_t = 30_000)]
@@ -124,7 +138,10 @@ struct AgentArgs {
 impl AgentArgs {
     fn config(&self) -> anyhow::Result<AgentConfig> {
         anyhow::ensure!(!self.node_name.is_empty(), "--node-name must not be empty");
-        anyhow::ensure!(self.retry_max_ms > 0, "--retry-max-ms must be positive");
+        anyhow::ensure!(
+            0 < self.retry_min_ms && self.retry_min_ms <= self.retry_max_ms,
+            "need 0 < --retry-min-ms <= --retry-max-ms"
+        );
         let backend = match self.redirect_backend {
             BackendArg::Auto => redirect::detect_backend(),
             BackendArg::Iptables => Backend::Iptables,
@@ -134,21 +151,34 @@ impl AgentArgs {
         cfg.ztunnel_uds = self.ztunnel_uds.clone();
         cfg.backend = backend;
         cfg.redirect = RedirectConfig::default();
-        cfg.netns_dir = self.netns_dir.clone();
+        cfg.discovery = Discovery {
+            netns_dir: self.netns_dir.clone(),
+            name_prefix: self.netns_prefix.clone(),
+            proc_dir: self.netns_scan_proc.then(|| "/proc".into()),
+        };
         cfg.retry_max = Duration::from_millis(self.retry_max_ms);
-        cfg.retry_base = cfg.retry_base.min(cfg.retry_max);
+        cfg.retry_base = Duration::from_millis(self.retry_min_ms);
         cfg.pod_wait = Duration::from_millis(self.pod_wait_ms);
         Ok(cfg)
     }
 
     async fn client(&self) -> anyhow::Result<kube::Client> {
         let config = match &self.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Some(paths) => {
+                // Like kubectl, a colon-separated list is merged (earlier files win).
+                let mut merged: Option<kube::config::Kubeconfig> = None;
+                for path in std::env::split_paths(paths) {
+                    let kc = kube::config::Kubeconfig::read_from(&path)
+                        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                    merged = Some(match merged {
+                        Some(m) => m.merge(kc)?,
+                        None => kc,
+                    });
+                }
+                let kc = merged.context("--kubeconfig is empty")?;
                 kube::Config::from_custom_kubeconfig(kc, &Default::default())
                     .await
-                    .with_context(|| format!("using kubeconfig {}", path.display()))?
+                    .with_context(|| format!("using kubeconfig {}", paths.display()))?
             }
             None => kube::Config::infer()
                 .await

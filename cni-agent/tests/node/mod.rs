@@ -48,19 +48,21 @@ pub struct Node {
     pub name: String,
     pub api: KubeStandin,
     pub dir: tempfile::TempDir,
-    /// Pod IPs are 100.X.Y.N/24 with X.Y unique to this node, so discovery by IP can never find
-    /// another test's pod.
-    subnet: (u8, u8),
-    next_ip: u8,
+    /// Pod IPs come from a /28 inside 100.64.0.0/10 chosen by 18 of the prefix's 20 bits, so
+    /// discovery by IP cannot find another live test's pod (prefixes are unique among live netns).
+    subnet_base: u32,
+    next_ip: u32,
     agent: Option<ChildGuard>,
     pub backend: &'static str,
+    /// Environment for the agent on top of the defaults (set before start_agent).
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 impl Node {
     pub fn new(backend: &'static str) -> Node {
         let prefix = unique_prefix();
         let h = u32::from_str_radix(&prefix[2..], 16).unwrap();
-        let subnet = (64 + (h % 64) as u8, (h >> 6) as u8);
+        let subnet_base = u32::from(Ipv4Addr::new(100, 64, 0, 0)) | ((h & 0x3_ffff) << 4);
         let api = KubeStandin::start("127.0.0.1:0".parse().unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("net.d")).unwrap();
@@ -76,10 +78,11 @@ impl Node {
             prefix,
             api,
             dir,
-            subnet,
-            next_ip: 2,
+            subnet_base,
+            next_ip: 1,
             agent: None,
             backend,
+            extra_env: Vec::new(),
         }
     }
 
@@ -115,7 +118,12 @@ impl Node {
             .env("KUBECONFIG", root.join("kubeconfig"))
             .env("ZTUNNEL_UDS_ADDRESS", self.zds_path())
             .env("MESHTUNNEL_REDIRECT_BACKEND", self.backend)
-            .env("MESHTUNNEL_RETRY_MAX_MS", "1000");
+            .env("MESHTUNNEL_RETRY_MAX_MS", "1000")
+            // Only this test's pods are candidates in the netns dir.
+            .env("MESHTUNNEL_NETNS_PREFIX", &self.prefix);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
         cmd
     }
 
@@ -182,8 +190,10 @@ impl Node {
             .unwrap();
     }
 
+    /// The next pod IP of this node's /28 (14 pods at most).
     pub fn next_ip(&mut self) -> Ipv4Addr {
-        let ip = Ipv4Addr::new(100, self.subnet.0, self.subnet.1, self.next_ip);
+        assert!(self.next_ip <= 14, "a test node has room for 14 pods");
+        let ip = Ipv4Addr::from(self.subnet_base + self.next_ip);
         self.next_ip += 1;
         ip
     }

@@ -26,7 +26,7 @@ impl TestPod {
             )
             .unwrap();
         netns
-            .exec("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])
+            .exec("ip", &["addr", "add", &format!("{ip}/28"), "dev", "eth0"])
             .unwrap();
         // No IPv6 link-local addresses: they (and their routes) appear a moment after link-up,
         // which would make "before" and "after" rule snapshots differ for reasons of their own.

@@ -25,6 +25,9 @@ struct Shared {
     events: Arc<Mutex<Vec<ZEvent>>>,
     /// `Some(reason)`: nack every Add with it.
     nack: Arc<Mutex<Option<String>>>,
+    /// (uid, netns name): when that pod's Add arrives, delete the named netns before acking,
+    /// so it vanishes between ztunnel's ack and the agent's rule install.
+    vanish: Arc<Mutex<Option<(String, String)>>>,
 }
 
 pub struct FakeZtunnel {
@@ -66,6 +69,10 @@ impl FakeZtunnel {
 
     pub fn nack_adds(&self, reason: Option<&str>) {
         *self.shared.nack.lock().unwrap() = reason.map(str::to_owned);
+    }
+
+    pub fn delete_netns_on_add(&self, uid: &str, netns_name: &str) {
+        *self.shared.vanish.lock().unwrap() = Some((uid.to_owned(), netns_name.to_owned()));
     }
 
     pub fn reconnect(&self) {
@@ -158,6 +165,12 @@ async fn serve(sock: &SeqPacket, shared: &Shared) {
                             .ino()
                     })
                     .unwrap_or(0);
+                let vanish = shared.vanish.lock().unwrap().clone();
+                if let Some((_, name)) = vanish.filter(|(u, _)| *u == uid) {
+                    let _ = std::process::Command::new("ip")
+                        .args(["netns", "del", &name])
+                        .status();
+                }
                 shared.events.lock().unwrap().push(ZEvent::Add {
                     uid,
                     sa: info.service_account,
