@@ -148,6 +148,15 @@ impl Cluster {
         &self.nodes[idx(id)]
     }
 
+    /// Pod netns on `node` are named `<prefix><namespace>-<name>`.
+    pub fn pod_netns_prefix(&self, node: NodeId) -> String {
+        let tag = match node {
+            NodeId::A => "a",
+            NodeId::B => "b",
+        };
+        format!("{}-{tag}-", self.prefix)
+    }
+
     pub fn config_path(&self, node: NodeId) -> PathBuf {
         self.node(node).dir.join("ztunnel-config.yaml")
     }

@@ -45,6 +45,10 @@ impl Cluster {
             )
             .env("MESHTUNNEL_CNI_RECHECK_MS", "500")
             .env("ZTUNNEL_UDS_ADDRESS", node.zds_socket())
+            // Where the agent looks for a running pod's netns by its IP: only this node's pods
+            // of this run (other runs on the machine may use the same addresses), no /proc scan.
+            .env("MESHTUNNEL_NETNS_PREFIX", self.pod_netns_prefix(id))
+            .env("MESHTUNNEL_NETNS_SCAN_PROC", "false")
             .args(["run", "--redirect-backend", &self.opts.redirect_backend])
             .arg("--ztunnel-uds")
             .arg(node.zds_socket());

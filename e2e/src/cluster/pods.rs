@@ -145,7 +145,10 @@ impl Cluster {
                 netns: None,
             }
         } else {
-            let netns = Netns::create(&format!("{}-{namespace}-{name}", self.prefix))?;
+            let netns = Netns::create(&format!(
+                "{}{namespace}-{name}",
+                self.pod_netns_prefix(node.id)
+            ))?;
             let sandbox = Sandbox {
                 container_id: format!("{:032x}", rand::random::<u128>()),
                 netns: netns.path(),
