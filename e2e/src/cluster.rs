@@ -1,0 +1,248 @@
+//! The whole-system "cluster" fixture: two nodes as network namespaces joined by a wire, each
+//! running a real `ztunnel` and a real `cni-agent run`, a Kubernetes API stand-in the agents
+//! watch and the real `kubectl` talks to, and an istiod stand-in that renders ztunnel's config
+//! from the pods. Pods are made the way a node makes them: the Pod object first, then a netns,
+//! then the node's CNI conflist (real `bridge` + `host-local`, with `meshtunnel-cni` chained in
+//! by the agent), then status.podIP. Enrolment is entirely the agent's doing.
+//!
+//! Everything it makes (processes, namespaces with their bridges and veths, files) is removed
+//! when it drops, also while a failing test unwinds.
+
+mod cni;
+mod daemons;
+mod istiod;
+mod kubectl;
+mod node;
+mod pods;
+mod process;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use kube_standin::{KubeStandin, Resource};
+use meshtunnel::identity::LocalCa;
+use meshtunnel::state::Protocol;
+use serde_json::{json, Value};
+use test_support::{unique_prefix, NodeId};
+
+pub use cni::{Attachment, PluginError, Runtime, Sandbox};
+pub use istiod::{render as render_config, REDIRECTION_ANNOTATION};
+pub use kubectl::Kubectl;
+pub use node::{subnets, Node, SYSTEM_CNI_DIR};
+pub use pods::{Pod, PodSpec};
+pub use process::log_tail;
+
+use process::Proc;
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+pub const DATAPLANE_LABEL: &str = "istio.io/dataplane-mode";
+pub(crate) const READINESS_PORT: u16 = 15021;
+/// How often ztunnel re-reads its config file here.
+pub(crate) const CONFIG_POLL: Duration = Duration::from_millis(100);
+/// ztunnel's listeners inside an enrolled pod.
+pub const PROXY_PORTS: [u16; 3] = [15001, 15006, 15008];
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// RUST_LOG for ztunnel and the agents.
+    pub log_level: String,
+    pub release_binary: bool,
+    /// The agent's `--redirect-backend`.
+    pub redirect_backend: String,
+    /// How long the CNI plugin waits for its agent (written into the conflist by the agent).
+    pub plugin_timeout_ms: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            log_level: "info".into(),
+            release_binary: false,
+            redirect_backend: "nftables".into(),
+            plugin_timeout_ms: 10_000,
+        }
+    }
+}
+
+pub struct Cluster {
+    // Drop::drop first runs CNI DEL for every pod while the agents still run and lets go of
+    // the pods' namespaces; then the fields drop in this order: the config writer, the
+    // processes, the nodes' namespaces (with bridges and veths), the API server, the files.
+    pods: Mutex<Vec<Arc<Pod>>>,
+    istiod: Option<istiod::Istiod>,
+    agents: Mutex<[Option<Proc>; 2]>,
+    ztunnels: Mutex<[Option<Proc>; 2]>,
+    pub nodes: [Node; 2],
+    pub api: Arc<KubeStandin>,
+    pub kubectl: Kubectl,
+    pub opts: ClusterOptions,
+    prefix: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub(crate) fn idx(node: NodeId) -> usize {
+    match node {
+        NodeId::A => 0,
+        NodeId::B => 1,
+    }
+}
+
+impl Cluster {
+    /// Starts the API stand-in, both nodes, both agents (which chain the plugin into each node's
+    /// conflist) and both ztunnels, and waits until the ztunnels are ready.
+    pub fn start(opts: ClusterOptions) -> Result<Cluster> {
+        let prefix = unique_prefix();
+        let dir = tempfile::Builder::new()
+            .prefix("meshtunnel-cluster-")
+            .tempdir()?;
+        let api = Arc::new(KubeStandin::start("127.0.0.1:0".parse()?)?);
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig)?;
+        LocalCa::load_or_create(&dir.path().join("ca"), TRUST_DOMAIN)?;
+        let nodes = node::build(&prefix, dir.path())?;
+        let mut cluster = Cluster {
+            pods: Mutex::new(Vec::new()),
+            istiod: None,
+            agents: Mutex::new([None, None]),
+            ztunnels: Mutex::new([None, None]),
+            nodes,
+            api,
+            kubectl: Kubectl { kubeconfig },
+            opts,
+            prefix,
+            dir,
+        };
+        let files = cluster
+            .nodes
+            .iter()
+            .map(|n| cluster.config_path(n.id))
+            .collect();
+        cluster.istiod = Some(istiod::Istiod::start(
+            cluster.api.clone(),
+            files,
+            TRUST_DOMAIN.into(),
+            Duration::from_millis(50),
+        )?);
+        for node in [NodeId::A, NodeId::B] {
+            cluster.start_agent(node)?;
+        }
+        for node in [NodeId::A, NodeId::B] {
+            cluster.start_ztunnel(node)?;
+        }
+        for node in [NodeId::A, NodeId::B] {
+            cluster.wait_ready(node, Duration::from_secs(30))?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[idx(id)]
+    }
+
+    /// Pod netns on `node` are named `<prefix><namespace>-<name>`.
+    pub fn pod_netns_prefix(&self, node: NodeId) -> String {
+        let tag = match node {
+            NodeId::A => "a",
+            NodeId::B => "b",
+        };
+        format!("{}-{tag}-", self.prefix)
+    }
+
+    pub fn config_path(&self, node: NodeId) -> PathBuf {
+        self.node(node).dir.join("ztunnel-config.yaml")
+    }
+
+    fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    // ---- Kubernetes objects ----
+
+    /// Creates a namespace with `labels`.
+    pub fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<()> {
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        self.api
+            .create(json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels},
+            }))
+            .map_err(|e| anyhow::anyhow!("creating namespace {name}: {e:?}"))?;
+        Ok(())
+    }
+
+    /// The pod object as the API has it now.
+    pub fn pod_object(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.api.get(Resource::Pod, Some(namespace), name)
+    }
+
+    /// The agent's redirection annotation on the pod, if any.
+    pub fn redirection(&self, namespace: &str, name: &str) -> Option<String> {
+        self.pod_object(namespace, name)?["metadata"]["annotations"][REDIRECTION_ANNOTATION]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Waits until every ztunnel's config file lists each of `pods` with `protocol` (the
+    /// istiod stand-in follows the agent's annotation), then a few of ztunnel's 100 ms polls
+    /// more, so ztunnel runs with it.
+    pub fn wait_config(&self, pods: &[&Pod], protocol: Protocol, timeout: Duration) -> Result<()> {
+        wait_until(timeout, "ztunnel config rendered", || {
+            self.nodes.iter().all(|n| {
+                let path = self.config_path(n.id);
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    return false;
+                };
+                let Ok(snap) = meshtunnel::config::parse(&text, &path) else {
+                    return false;
+                };
+                pods.iter().all(|p| {
+                    snap.workload_by_uid(&p.uid)
+                        .is_some_and(|w| w.protocol == protocol)
+                })
+            })
+        })?;
+        std::thread::sleep(CONFIG_POLL * 6);
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // CNI DEL for every pod while the agents still run, as a draining node would; then the
+        // fields drop in order. Never panic here: this also runs while a test unwinds.
+        let pods: Vec<Arc<Pod>> = std::mem::take(&mut *self.lock_pods());
+        for pod in &pods {
+            let _ = self.teardown(pod);
+        }
+        drop(pods);
+        self.istiod = None;
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns how long it took.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,221 @@
+//! The node daemons of the cluster fixture: a real `cni-agent run` and a real `ztunnel` per
+//! node, started, stopped and crashed on request, with their logs kept.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::ExitStatus;
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use test_support::{run_in, NodeId};
+
+use super::process::{log_tail, Proc};
+use super::{idx, Cluster, CONFIG_POLL, READINESS_PORT, TRUST_DOMAIN};
+use crate::mesh::find_binary;
+
+impl Cluster {
+    fn lock_agents(&self) -> MutexGuard<'_, [Option<Proc>; 2]> {
+        self.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_ztunnels(&self) -> MutexGuard<'_, [Option<Proc>; 2]> {
+        self.ztunnels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `cni-agent run` for `node`, in the host netns: it reaches the API stand-in on 127.0.0.1
+    /// and pods through their netns paths and Unix sockets.
+    pub fn start_agent(&self, id: NodeId) -> Result<()> {
+        let node = self.node(id);
+        let bin = find_binary("cni-agent", self.opts.release_binary)?;
+        let plugin = find_binary("meshtunnel-cni", self.opts.release_binary)?;
+        let mut cmd = std::process::Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("KUBECONFIG", &self.kubectl.kubeconfig)
+            .env("NODE_NAME", node.name)
+            .env("RUST_LOG", &self.opts.log_level)
+            .env("CNI_BIN_DIR", node.cni_bin_dir())
+            .env("CNI_CONF_DIR", node.cni_conf_dir())
+            .env("MESHTUNNEL_CNI_PLUGIN_BINARY", plugin)
+            .env("MESHTUNNEL_CNI_AGENT_SOCKET", node.agent_socket())
+            .env(
+                "MESHTUNNEL_CNI_AGENT_TIMEOUT_MS",
+                self.opts.plugin_timeout_ms.to_string(),
+            )
+            .env("MESHTUNNEL_CNI_RECHECK_MS", "500")
+            .env("ZTUNNEL_UDS_ADDRESS", node.zds_socket())
+            // Where the agent looks for a running pod's netns by its IP: only this node's pods
+            // of this run (other runs on the machine may use the same addresses), no /proc scan.
+            .env("MESHTUNNEL_NETNS_PREFIX", self.pod_netns_prefix(id))
+            .env("MESHTUNNEL_NETNS_SCAN_PROC", "false")
+            .args(["run", "--redirect-backend", &self.opts.redirect_backend])
+            .arg("--ztunnel-uds")
+            .arg(node.zds_socket());
+        let mut proc = Proc::spawn(
+            cmd,
+            &format!("cni-agent on {}", node.name),
+            &node.agent_log(),
+        )?;
+        self.wait_agent_serving(id, &mut proc, Duration::from_secs(20))?;
+        self.lock_agents()[idx(id)] = Some(proc);
+        Ok(())
+    }
+
+    /// Serving = the plugin socket accepts connections and the plugin is chained into the
+    /// node's conflist (from then on every pod's ADD reaches the agent).
+    fn wait_agent_serving(&self, id: NodeId, proc: &mut Proc, timeout: Duration) -> Result<()> {
+        let node = self.node(id);
+        let deadline = Instant::now() + timeout;
+        loop {
+            proc.check_alive()?;
+            let listening = unix_listening(&node.agent_socket());
+            let chained = self
+                .runtime(id)
+                .current_conflist()
+                .map(|c| c.to_string().contains("\"meshtunnel-cni\""))
+                .unwrap_or(false);
+            let installed = node.cni_bin_dir().join("meshtunnel-cni").is_file();
+            if listening && chained && installed {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "cni-agent on {} not serving after {timeout:?} (socket {listening}, chained {chained}, binary {installed}); log:\n{}",
+                    node.name,
+                    log_tail(&node.agent_log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERMs the agent and waits for its exit.
+    pub fn terminate_agent(&self, id: NodeId, timeout: Duration) -> Result<ExitStatus> {
+        let proc = self.lock_agents()[idx(id)]
+            .take()
+            .context("agent not running")?;
+        proc.terminate(timeout)
+    }
+
+    /// SIGKILLs the agent (a crash; its sockets stay behind as files).
+    pub fn kill_agent(&self, id: NodeId) {
+        self.lock_agents()[idx(id)] = None;
+    }
+
+    pub fn agent_pid(&self, id: NodeId) -> Option<u32> {
+        self.lock_agents()[idx(id)].as_ref().map(Proc::id)
+    }
+
+    pub fn start_ztunnel(&self, id: NodeId) -> Result<()> {
+        let node = self.node(id);
+        let bin = find_binary("ztunnel", self.opts.release_binary)?;
+        let mut cmd = node.netns.command(bin.to_str().context("non-UTF-8 path")?);
+        cmd.env_clear()
+            .env("LOCAL_XDS_PATH", self.config_path(id))
+            .env(
+                "CONFIG_POLL_INTERVAL",
+                format!("{}ms", CONFIG_POLL.as_millis()),
+            )
+            .env("INPOD_UDS", node.zds_socket())
+            .env("NODE_NAME", node.name)
+            .env("TRUST_DOMAIN", TRUST_DOMAIN)
+            .env("LOCAL_CA_DIR", self.ca_dir())
+            .env("RUST_LOG", &self.opts.log_level);
+        let proc = Proc::spawn(
+            cmd,
+            &format!("ztunnel on {}", node.name),
+            &node.ztunnel_log(),
+        )?;
+        self.lock_ztunnels()[idx(id)] = Some(proc);
+        Ok(())
+    }
+
+    /// SIGKILLs ztunnel on the node.
+    pub fn kill_ztunnel(&self, id: NodeId) {
+        self.lock_ztunnels()[idx(id)] = None;
+    }
+
+    /// GET /healthz/ready on the node's ztunnel: (status code, body).
+    pub fn readiness(&self, id: NodeId) -> Result<(u16, String)> {
+        run_in(&self.node(id).netns, || -> Result<(u16, String)> {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT)),
+                Duration::from_secs(1),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)?;
+            let code = resp
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .context("malformed HTTP response")?;
+            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+            Ok((code, body))
+        })
+    }
+
+    pub fn wait_ready(&self, id: NodeId, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            if let Some(p) = self.lock_ztunnels()[idx(id)].as_mut() {
+                p.check_alive()?;
+            }
+            match self.readiness(id) {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => last = format!("{code} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "ztunnel on {} not ready after {timeout:?}: {last}\n{}",
+            self.node(id).name,
+            self.diagnostics()
+        )
+    }
+
+    /// The tails of every process log, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            s += &format!(
+                "--- ztunnel {} ---\n{}\n--- cni-agent {} ---\n{}\n",
+                n.name,
+                log_tail(&n.ztunnel_log(), 30),
+                n.name,
+                log_tail(&n.agent_log(), 30)
+            );
+        }
+        s
+    }
+
+    pub fn ztunnel_log(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.node(id).ztunnel_log()).unwrap_or_default()
+    }
+
+    pub fn agent_log(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.node(id).agent_log()).unwrap_or_default()
+    }
+}
+
+/// Whether a Unix socket at `path` is listening in this thread's netns, read from
+/// /proc/self/net/unix rather than by connecting (which the agent would log as a bad request).
+/// A killed agent's socket file stays behind, but its entry there goes.
+fn unix_listening(path: &std::path::Path) -> bool {
+    // Flags 00010000 = __SO_ACCEPTCON: a listening socket.
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/self/net/unix") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8
+            && f[7] == want
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & ACCEPTCON != 0)
+    })
+}
