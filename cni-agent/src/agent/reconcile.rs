@@ -136,8 +136,15 @@ impl Reconciler {
                 .retry_base
                 .saturating_mul(1 << exp)
                 .min(self.cfg.retry_max);
-            warn!(pod = %key, attempt = retry.attempts, retry_in = ?delay, reason = %why,
-                "pod not reconciled; will retry");
+            // One miss is routine (e.g. ztunnel reconnecting after a restart); a pod still not
+            // reconciled after a few tries is what an operator must see.
+            if retry.attempts < 3 {
+                info!(pod = %key, attempt = retry.attempts, retry_in = ?delay, reason = %why,
+                    "pod not reconciled; will retry");
+            } else {
+                warn!(pod = %key, attempt = retry.attempts, retry_in = ?delay, reason = %why,
+                    "pod not reconciled; will retry");
+            }
             retry.scheduled = true;
             delay
         };
