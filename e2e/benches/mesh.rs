@@ -15,12 +15,21 @@ use test_support::{run_in, thread_in, Netns, NodeId};
 const BULK: usize = 256 * 1024 * 1024;
 
 fn main() {
+    // Extra environment for both ztunnels, `K=V,K=V` (e.g. allocator tuning to compare).
+    let env = std::env::var("MESHTUNNEL_BENCH_ZTUNNEL_ENV")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let mesh = Mesh::start(MeshOptions {
         release_binary: true,
         log_level: "warn".into(),
+        env,
         ..MeshOptions::default()
     })
     .expect("mesh");
+    let rss_start = rss_mib(mesh.ztunnel_pid(NodeId::A).unwrap());
     for pod in ["b1", "b2"] {
         sink_and_echo_servers(mesh.pod_ns(pod));
     }
@@ -49,7 +58,10 @@ fn main() {
     let pid_a = mesh.ztunnel_pid(NodeId::A).unwrap();
     let pid_b = mesh.ztunnel_pid(NodeId::B).unwrap();
     println!("\n| ztunnel | value |\n|---|---|");
-    println!("| RSS idle, node A (MiB) | {:.1} |", rss_mib(pid_a));
+    println!(
+        "| RSS idle, node A: pods enrolled, before any traffic / after the runs above (MiB) | {rss_start:.1} / {:.1} |",
+        rss_mib(pid_a)
+    );
     let held: Vec<TcpStream> = (0..1000)
         .map(|_| {
             let mut s = connect(a1, meshed(9001), false);
