@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use kube_standin::{KubeStandin, Resource};
 use meshtunnel::identity::LocalCa;
 use meshtunnel::state::Protocol;
@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use test_support::{unique_prefix, NodeId};
 
 pub use cni::{Attachment, PluginError, Runtime, Sandbox};
-pub use istiod::{render as render_config, REDIRECTION_ANNOTATION};
+pub use istiod::{render as render_config, AuthzPolicy, REDIRECTION_ANNOTATION};
 pub use kubectl::Kubectl;
 pub use node::{subnets, Node, SYSTEM_CNI_DIR};
 pub use pods::{Pod, PodSpec};
@@ -208,6 +208,32 @@ impl Cluster {
                 pods.iter().all(|p| {
                     snap.workload_by_uid(&p.uid)
                         .is_some_and(|w| w.protocol == protocol)
+                })
+            })
+        })?;
+        std::thread::sleep(CONFIG_POLL * 6);
+        Ok(())
+    }
+
+    /// Hands `policies` to the istiod stand-in (replacing any before) and waits until every
+    /// ztunnel's config file holds exactly them, then a few of ztunnel's polls more.
+    pub fn apply_policies(&self, policies: Vec<AuthzPolicy>, timeout: Duration) -> Result<()> {
+        let mut want: Vec<String> = policies.iter().map(|a| a.policy.key()).collect();
+        want.sort();
+        self.istiod
+            .as_ref()
+            .context("istiod stand-in not running")?
+            .set_policies(policies);
+        wait_until(timeout, "policies rendered", || {
+            self.nodes.iter().all(|n| {
+                let path = self.config_path(n.id);
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    return false;
+                };
+                meshtunnel::config::parse(&text, &path).is_ok_and(|snap| {
+                    let mut got: Vec<String> = snap.policies().map(|p| p.key()).collect();
+                    got.sort();
+                    got == want
                 })
             })
         })?;

@@ -382,27 +382,7 @@ impl Mesh {
         method: &str,
         path: &str,
     ) -> Result<(u16, String)> {
-        run_in(self.topo.node(node), || -> Result<(u16, String)> {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-                .with_context(|| format!("connecting to {addr}"))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                s,
-                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp)?;
-            let code = resp
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .context("malformed HTTP response")?;
-            let body = resp
-                .split_once("\r\n\r\n")
-                .map_or("", |(_, b)| b)
-                .to_owned();
-            Ok((code, body))
-        })
+        http_in(self.topo.node(node), addr, method, path)
     }
 
     /// The node ztunnel's `/stats/prometheus` text.
@@ -446,6 +426,32 @@ impl Mesh {
             self.logs(node)
         )
     }
+}
+
+/// One HTTP/1.1 request from inside `netns` (ztunnel's admin, stats and readiness ports listen
+/// on the node namespace's loopback): (status code, body).
+pub fn http_in(netns: &Netns, addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
+    run_in(netns, || -> Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .with_context(|| format!("connecting to {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("malformed HTTP response")?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        Ok((code, body))
+    })
 }
 
 /// Finds a workspace binary next to the running executable (target/<profile>/NAME), or from

@@ -1,18 +1,17 @@
 //! The node daemons of the cluster fixture: a real `cni-agent run` and a real `ztunnel` per
 //! node, started, stopped and crashed on request, with their logs kept.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitStatus;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use test_support::{run_in, NodeId};
+use test_support::NodeId;
 
 use super::process::{log_tail, Proc};
 use super::{idx, Cluster, CONFIG_POLL, READINESS_PORT, TRUST_DOMAIN};
-use crate::mesh::find_binary;
+use crate::mesh::{find_binary, http_in, STATS_PORT};
 
 impl Cluster {
     fn lock_agents(&self) -> MutexGuard<'_, [Option<Proc>; 2]> {
@@ -138,23 +137,27 @@ impl Cluster {
 
     /// GET /healthz/ready on the node's ztunnel: (status code, body).
     pub fn readiness(&self, id: NodeId) -> Result<(u16, String)> {
-        run_in(&self.node(id).netns, || -> Result<(u16, String)> {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT)),
-                Duration::from_secs(1),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp)?;
-            let code = resp
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .context("malformed HTTP response")?;
-            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-            Ok((code, body))
-        })
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT));
+        http_in(&self.node(id).netns, addr, "GET", "/healthz/ready")
+    }
+
+    /// The node ztunnel's `/stats/prometheus` text.
+    pub fn metrics(&self, id: NodeId) -> Result<String> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, STATS_PORT));
+        match http_in(&self.node(id).netns, addr, "GET", "/stats/prometheus")? {
+            (200, body) => Ok(body),
+            (code, body) => bail!("metrics answered {code}: {body}"),
+        }
+    }
+
+    /// The ztunnel binary as a command run inside the node's namespace (`ztunnel debug ...`
+    /// reaches the admin API on that namespace's loopback).
+    pub fn ztunnel_command(&self, id: NodeId) -> Result<std::process::Command> {
+        let bin = find_binary("ztunnel", self.opts.release_binary)?;
+        Ok(self
+            .node(id)
+            .netns
+            .command(bin.to_str().context("non-UTF-8 path")?))
     }
 
     pub fn wait_ready(&self, id: NodeId, timeout: Duration) -> Result<()> {

@@ -2,24 +2,50 @@
 //! config (upstream's local-config schema, see `meshtunnel::config`) and rewrites every
 //! ztunnel's file when they change. Like istiod, it reads the redirection annotation the node
 //! agent sets: a pod whose traffic is captured speaks HBONE, every other pod plain TCP.
+//! Authorization policies are handed to it already in ztunnel's schema (what istiod makes of
+//! an AuthorizationPolicy), each with the pod labels it selects when workload-scoped.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kube_standin::{KubeStandin, Resource};
+use meshtunnel::state::{Policy, Scope};
 use serde_json::{json, Value};
 
 /// The annotation the node agent sets on a pod once its traffic is captured.
 pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
 
-/// Renders the config for `pods` (Kubernetes Pod objects). Pods without an IP yet and
-/// host-network pods (whose IP is the node's) are not workloads. JSON is YAML, so ztunnel's
-/// YAML parser reads this unchanged; keys are sorted, so equal input renders equal bytes.
-pub fn render(pods: &[Value], trust_domain: &str) -> String {
+/// An authorization policy as istiod hands it to ztunnel. A `WorkloadSelector`-scope policy
+/// applies to the pods of its namespace whose labels include all of `selector` (as a
+/// `spec.selector.matchLabels` would); the other scopes ignore `selector`.
+#[derive(Clone, Debug)]
+pub struct AuthzPolicy {
+    pub policy: Policy,
+    pub selector: BTreeMap<String, String>,
+}
+
+impl AuthzPolicy {
+    fn selects(&self, pod: &Value) -> bool {
+        let meta = &pod["metadata"];
+        self.policy.scope == Scope::WorkloadSelector
+            && meta["namespace"].as_str() == Some(self.policy.namespace.as_str())
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| meta["labels"][k].as_str() == Some(v.as_str()))
+    }
+}
+
+/// Renders the config for `pods` (Kubernetes Pod objects) and `policies`. Pods without an IP
+/// yet and host-network pods (whose IP is the node's) are not workloads. Written as YAML, the
+/// way upstream writes it (string matches are tags such as `!Exact`); keys are sorted, so equal
+/// input renders equal bytes.
+pub fn render(pods: &[Value], policies: &[AuthzPolicy], trust_domain: &str) -> Result<String> {
     let mut workloads: Vec<Value> = pods
         .iter()
         .filter(|p| !p["spec"]["hostNetwork"].as_bool().unwrap_or(false))
@@ -30,7 +56,13 @@ pub fn render(pods: &[Value], trust_domain: &str) -> String {
             }
             let meta = &p["metadata"];
             let captured = meta["annotations"][REDIRECTION_ANNOTATION].as_str() == Some("enabled");
+            let selected: Vec<String> = policies
+                .iter()
+                .filter(|a| a.selects(p))
+                .map(|a| a.policy.key())
+                .collect();
             Some(json!({
+                "authorizationPolicies": selected,
                 "uid": meta["uid"],
                 "name": meta["name"],
                 "namespace": meta["namespace"],
@@ -45,8 +77,11 @@ pub fn render(pods: &[Value], trust_domain: &str) -> String {
         })
         .collect();
     workloads.sort_by(|a, b| a["uid"].as_str().cmp(&b["uid"].as_str()));
-    serde_json::to_string_pretty(&json!({ "workloads": workloads }))
-        .expect("a JSON value always serializes")
+    let policies: Vec<&Policy> = policies.iter().map(|a| &a.policy).collect();
+    let mut doc = serde_yaml::Mapping::new();
+    doc.insert("workloads".into(), serde_yaml::to_value(workloads)?);
+    doc.insert("policies".into(), serde_yaml::to_value(policies)?);
+    Ok(serde_yaml::to_string(&doc)?)
 }
 
 /// status.podIPs, falling back to status.podIP.
@@ -73,8 +108,10 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
-/// Watches the API stand-in's resourceVersion and re-renders every config file on change.
+/// Watches the API stand-in's pods and its own policies and re-renders every config file on
+/// change.
 pub struct Istiod {
+    policies: Arc<Mutex<Vec<AuthzPolicy>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -88,8 +125,11 @@ impl Istiod {
         trust_domain: String,
         every: Duration,
     ) -> Result<Istiod> {
+        let policies = Arc::new(Mutex::new(Vec::new()));
+        let current = policies.clone();
         let render_all = move |last: &mut String| -> Result<()> {
-            let text = render(&api.list(Resource::Pod, None), &trust_domain);
+            let policies = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let text = render(&api.list(Resource::Pod, None), &policies, &trust_domain)?;
             if text != *last {
                 for f in &files {
                     write_atomically(f, &text)?;
@@ -113,9 +153,15 @@ impl Istiod {
                 }
             })?;
         Ok(Istiod {
+            policies,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Replaces the policies; the next render (within `every`) publishes them.
+    pub fn set_policies(&self, policies: Vec<AuthzPolicy>) {
+        *self.policies.lock().unwrap_or_else(|e| e.into_inner()) = policies;
     }
 }
 

@@ -2,8 +2,10 @@
 //! with the real `kubectl`, two nodes with a real `cni-agent` and `ztunnel` each, pods made by
 //! the real CNI chain (bridge + host-local + meshtunnel-cni). It shows plain TCP between pods,
 //! labels the namespace, shows the same traffic crossing the wire as HBONE (from a packet
-//! capture), and removes the label again. Everything it creates is removed at the end, also on
-//! Ctrl-C.
+//! capture), shows ztunnel's metrics, an authorization policy and the debug CLI at work, and
+//! removes the label again. Everything it creates is removed at the end, also on Ctrl-C.
+
+mod observe;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -82,7 +84,8 @@ fn run() -> Result<()> {
     );
     let a1 = cluster.create_pod(&PodSpec::new("a1", NodeId::A))?;
     let a2 = cluster.create_pod(&PodSpec::new("a2", NodeId::A))?;
-    let b1 = cluster.create_pod(&PodSpec::new("b1", NodeId::B))?;
+    let (app, echo) = observe::APP_LABEL;
+    let b1 = cluster.create_pod(&PodSpec::new("b1", NodeId::B).label(app, echo))?;
     // b2 opts out of the mesh with its own label.
     let b2 = cluster.create_pod(&PodSpec::new("b2", NodeId::B).label(DATAPLANE_LABEL, "none"))?;
     kubectl(&cluster, &["get", "pods", "-n", NS, "-o", "wide"])?;
@@ -131,6 +134,7 @@ fn run() -> Result<()> {
         size >> 20
     );
     let wire = exchange(&cluster, &a1, &b1, size)?;
+    let moved = MARKER.len() + size;
     show_wire(&wire);
     println!(
         "   b1's app saw its peer as {:?} (a1's own address)",
@@ -164,6 +168,14 @@ fn run() -> Result<()> {
             }
         }
     }
+    check()?;
+
+    observe::metrics(&cluster, &a1, &b1, moved)?;
+    check()?;
+    observe::policy(&cluster, &a1, &a2, &b1)?;
+    check()?;
+    println!("\n== the debug CLI: the workloads node B's ztunnel knows");
+    observe::debug_cli(&cluster, &["workloads"])?;
     check()?;
 
     println!();
