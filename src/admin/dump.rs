@@ -13,9 +13,9 @@ fn rfc3339(t: SystemTime) -> String {
 pub(super) fn config_dump(a: &Admin) -> Value {
     let snap = a.state.current();
     let now = SystemTime::now();
-    let certificates: Vec<Value> = a
-        .certs
-        .certificates()
+    let mut certs = a.certs.certificates();
+    certs.sort_by_key(|c| c.identity.to_string());
+    let certificates: Vec<Value> = certs
         .into_iter()
         .map(|c| {
             let left = c
@@ -31,9 +31,11 @@ pub(super) fn config_dump(a: &Admin) -> Value {
             })
         })
         .collect();
-    let pods: Vec<Value> = a
-        .manager
-        .pods()
+    let mut pod_list = a.manager.pods();
+    pod_list.sort_by(|x, y| {
+        (&x.info.namespace, &x.info.name, &x.uid).cmp(&(&y.info.namespace, &y.info.name, &y.uid))
+    });
+    let pods: Vec<Value> = pod_list
         .into_iter()
         .map(|p| {
             let w = snap.workload_by_uid(&p.uid);
@@ -48,11 +50,18 @@ pub(super) fn config_dump(a: &Admin) -> Value {
             })
         })
         .collect();
+    // The snapshot's maps iterate in hash order; people diff dumps and read tables, so sort.
+    let mut workloads: Vec<_> = snap.workloads().map(|w| &**w).collect();
+    workloads.sort_by(|x, y| (&x.namespace, &x.name, &x.uid).cmp(&(&y.namespace, &y.name, &y.uid)));
+    let mut services: Vec<_> = snap.services().map(|s| &**s).collect();
+    services.sort_by(|x, y| (&x.namespace, &x.hostname).cmp(&(&y.namespace, &y.hostname)));
+    let mut policies: Vec<_> = snap.policies().map(|p| &**p).collect();
+    policies.sort_by(|x, y| (&x.namespace, &x.name).cmp(&(&y.namespace, &y.name)));
     json!({
         "configGeneration": a.state.generation(),
-        "workloads": snap.workloads().map(|w| &**w).collect::<Vec<_>>(),
-        "services": snap.services().map(|s| &**s).collect::<Vec<_>>(),
-        "policies": snap.policies().map(|p| &**p).collect::<Vec<_>>(),
+        "workloads": workloads,
+        "services": services,
+        "policies": policies,
         "certificates": certificates,
         "pods": pods,
         "ready": a.manager.ready().err().map_or(json!(true), |why| json!(why)),

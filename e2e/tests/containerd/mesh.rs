@@ -2,8 +2,7 @@
 //! as the real binary inside the node netns. Started in the order a node brings them up: API,
 //! agent (which chains the plugin into the node's conflist), ztunnel, then the runtime.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -282,20 +281,6 @@ impl NodeMesh {
 
 /// GET /healthz/ready on the node's ztunnel: (status, body).
 fn readiness(node: &CriNode) -> Result<(u16, String)> {
-    run_in(node.netns(), || -> Result<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT)),
-            Duration::from_secs(1),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let code = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("malformed HTTP response")?;
-        Ok((code, resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
-    })
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT));
+    meshtunnel_e2e::mesh::http_in(node.netns(), addr, "GET", "/healthz/ready")
 }
