@@ -71,7 +71,13 @@ pub async fn run_client<H: WorkloadHandler>(
                 }
             }
             Err(e) => {
-                warn!(path = %path.display(), retry_in = ?backoff, "cannot connect to the ZDS agent: {e}");
+                // The agent starting after ztunnel (or restarting) is routine; only an agent that
+                // stays away until the backoff has grown to its cap is worth a warning.
+                if backoff < MAX_BACKOFF {
+                    info!(path = %path.display(), retry_in = ?backoff, "cannot connect to the ZDS agent yet: {e}");
+                } else {
+                    warn!(path = %path.display(), retry_in = ?backoff, "cannot connect to the ZDS agent: {e}");
+                }
             }
         }
         tokio::select! {
