@@ -115,20 +115,7 @@ fn add_for_a_pod_the_watch_has_not_seen_yet() {
     node.wait_watching();
     // As the kubelet sees it: the pod was just created, Pending, no IP yet; the runtime builds
     // the sandbox and calls CNI ADD at once.
-    let netns = TestPod::create(&format!("{}-fresh", node.prefix), node.next_ip());
-    let created = node
-        .api
-        .create(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "fresh", "namespace": "mesh"},
-            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
-            "status": {"phase": "Pending"}}))
-        .unwrap();
-    let pod = TestPod {
-        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
-        namespace: "mesh".into(),
-        name: "fresh".into(),
-        ..netns
-    };
+    let pod = node.pending_pod("mesh", "fresh");
     let reply = replied(add(&node, &pod, pod.netns.path().to_str().unwrap()));
     assert_eq!(reply.error, None, "{}", node.log());
     assert!(reply.mesh && pod.captured());
@@ -212,20 +199,7 @@ fn netns_vanishing_after_ztunnel_acked_fails_the_add_and_removes_the_pod() {
     node.start_agent();
     node.wait_watching();
     // No IP in the API, so only the ADD can capture it.
-    let pod = TestPod::create(&format!("{}-brief", node.prefix), node.next_ip());
-    let created = node
-        .api
-        .create(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "brief", "namespace": "mesh"},
-            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
-            "status": {"phase": "Pending"}}))
-        .unwrap();
-    let pod = TestPod {
-        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
-        namespace: "mesh".into(),
-        name: "brief".into(),
-        ..pod
-    };
+    let pod = node.pending_pod("mesh", "brief");
     zt.delete_netns_on_add(&pod.uid, pod.netns.name());
     let reply = replied(add(&node, &pod, pod.netns.path().to_str().unwrap()));
     let err = reply.error.expect("ADD must fail when the netns vanished");
@@ -320,20 +294,7 @@ fn the_real_plugin_binary_captures_on_add_and_releases_on_del() {
         node.root().join("bin/meshtunnel-cni").exists()
     });
     node.wait_watching();
-    let pod = TestPod::create(&format!("{}-plug", node.prefix), node.next_ip());
-    let created = node
-        .api
-        .create(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "plug", "namespace": "mesh"},
-            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
-            "status": {"phase": "Pending"}}))
-        .unwrap();
-    let pod = TestPod {
-        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
-        namespace: "mesh".into(),
-        name: "plug".into(),
-        ..pod
-    };
+    let pod = node.pending_pod("mesh", "plug");
     let prev = format!(
         r#"{{"cniVersion":"0.4.0","ips":[{{"version":"4","address":"{}/28"}}]}}"#,
         pod.ip
@@ -349,20 +310,7 @@ fn the_real_plugin_binary_captures_on_add_and_releases_on_del() {
 
     // Without ztunnel the plugin fails the ADD: the pod must not start uncaptured.
     drop(zt);
-    let other = TestPod::create(&format!("{}-plug2", node.prefix), node.next_ip());
-    let created = node
-        .api
-        .create(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "plug2", "namespace": "mesh"},
-            "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
-            "status": {"phase": "Pending"}}))
-        .unwrap();
-    let other = TestPod {
-        uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
-        namespace: "mesh".into(),
-        name: "plug2".into(),
-        ..other
-    };
+    let other = node.pending_pod("mesh", "plug2");
     wait_for("the agent to see ztunnel go", || {
         node.log().contains("ztunnel disconnected")
     });

@@ -4,8 +4,8 @@
 
 mod dump;
 mod explain;
-pub mod http;
 
+use crate::local_http as http;
 use std::sync::Arc;
 
 use ::http::{Method, Request, Response, StatusCode};

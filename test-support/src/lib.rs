@@ -10,4 +10,4 @@ mod topology;
 
 pub use netns::{run_in, thread_in, ChildGuard, Netns};
 pub use prefix::unique_prefix;
-pub use topology::{NodeId, Pod, Topology, POD_IF, WIRE_IF};
+pub use topology::{link_nodes, NodeId, Pod, Topology, WireEnd, POD_IF, WIRE_IF};

@@ -128,32 +128,12 @@ impl Topology {
     }
 
     fn wire(&self) -> Result<()> {
-        let (a, b) = (&self.node_a, &self.node_b);
-        a.exec(
-            "ip",
-            &[
-                "link",
-                "add",
-                WIRE_IF,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                WIRE_IF,
-                "netns",
-                b.name(),
-            ],
-        )?;
-        for (ns, me, other) in [(a, NodeId::A, NodeId::B), (b, NodeId::B, NodeId::A)] {
-            let addr = format!("{}/30", self.node_ip(me));
-            let pods = format!("10.244.{}.0/24", other.subnet_octet());
-            let via = self.node_ip(other).to_string();
-            ns.exec("ip", &["addr", "add", &addr, "dev", WIRE_IF])?;
-            ns.exec("ip", &["link", "set", WIRE_IF, "up"])?;
-            ns.exec("ip", &["route", "add", &pods, "via", &via, "dev", WIRE_IF])?;
-            ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        }
-        Ok(())
+        let end = |id: NodeId| WireEnd {
+            netns: self.node(id),
+            ip: self.node_ip(id),
+            pods: format!("10.244.{}.0/24", id.subnet_octet()),
+        };
+        link_nodes(&end(NodeId::A), &end(NodeId::B))
     }
 
     fn add_pod(&mut self, node: NodeId, idx: u8) -> Result<()> {
@@ -206,4 +186,48 @@ impl Topology {
         )?;
         Ok(())
     }
+}
+
+/// One node's side of the link between two node namespaces.
+pub struct WireEnd<'a> {
+    pub netns: &'a Netns,
+    /// Its address on the link (a /30 shared with the other end).
+    pub ip: Ipv4Addr,
+    /// Its pod subnet, routed to it from the other end.
+    pub pods: String,
+}
+
+/// Joins two node namespaces with a veth pair named [`WIRE_IF`] on both sides, each routing
+/// the other's pod subnet over it, as a routed cluster network does.
+pub fn link_nodes(a: &WireEnd<'_>, b: &WireEnd<'_>) -> Result<()> {
+    a.netns.exec(
+        "ip",
+        &[
+            "link",
+            "add",
+            WIRE_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            WIRE_IF,
+            "netns",
+            b.netns.name(),
+        ],
+    )?;
+    for (me, other) in [(a, b), (b, a)] {
+        let ns = me.netns;
+        ns.exec(
+            "ip",
+            &["addr", "add", &format!("{}/30", me.ip), "dev", WIRE_IF],
+        )?;
+        ns.exec("ip", &["link", "set", WIRE_IF, "up"])?;
+        let via = other.ip.to_string();
+        ns.exec(
+            "ip",
+            &["route", "add", &other.pods, "via", &via, "dev", WIRE_IF],
+        )?;
+        ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    }
+    Ok(())
 }

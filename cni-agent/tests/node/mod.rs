@@ -223,6 +223,25 @@ impl Node {
         }
     }
 
+    /// A pod as the kubelet sees it just before the sandbox is built: in the API, Pending, no
+    /// IP yet; its netns already exists (only a CNI ADD can tell the agent where it is).
+    pub fn pending_pod(&mut self, ns: &str, name: &str) -> TestPod {
+        let pod = TestPod::create(&format!("{}-{ns}-{name}", self.prefix), self.next_ip());
+        let created = self
+            .api
+            .create(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"nodeName": self.name, "containers": [{"name": "app", "image": "busybox"}]},
+                "status": {"phase": "Pending"}}))
+            .unwrap();
+        TestPod {
+            uid: created["metadata"]["uid"].as_str().unwrap().to_owned(),
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            ..pod
+        }
+    }
+
     pub fn annotation(&self, ns: &str, name: &str) -> Option<String> {
         self.api
             .get(Resource::Pod, Some(ns), name)?

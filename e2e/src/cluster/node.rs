@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use test_support::{Netns, NodeId, WIRE_IF};
+use test_support::{link_nodes, Netns, NodeId, WireEnd};
 
 /// Where Debian's containernetworking-plugins puts the reference plugins.
 pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
@@ -177,43 +177,16 @@ pub fn build(prefix: &str, dir: &Path) -> Result<[Node; 2]> {
     };
     let a = make(NodeId::A, "node-a", "na", sa, Ipv4Addr::new(10, 250, 0, 1))?;
     let b = make(NodeId::B, "node-b", "nb", sb, Ipv4Addr::new(10, 250, 0, 2))?;
-    a.netns.exec(
-        "ip",
-        &[
-            "link",
-            "add",
-            WIRE_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            WIRE_IF,
-            "netns",
-            b.netns.name(),
-        ],
-    )?;
-    for (me, other) in [(&a, &b), (&b, &a)] {
-        let ns = &me.netns;
-        ns.exec(
-            "ip",
-            &["addr", "add", &format!("{}/30", me.wire_ip), "dev", WIRE_IF],
-        )?;
-        ns.exec("ip", &["link", "set", WIRE_IF, "up"])?;
-        ns.exec(
-            "ip",
-            &[
-                "route",
-                "add",
-                &other.subnet_cidr(),
-                "via",
-                &other.wire_ip.to_string(),
-                "dev",
-                WIRE_IF,
-            ],
-        )?;
-        ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        me.prepare_dirs()?;
+    fn end(n: &Node) -> WireEnd<'_> {
+        WireEnd {
+            netns: &n.netns,
+            ip: n.wire_ip,
+            pods: n.subnet_cidr(),
+        }
     }
+    link_nodes(&end(&a), &end(&b))?;
+    a.prepare_dirs()?;
+    b.prepare_dirs()?;
     Ok([a, b])
 }
 

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 server loop for ztunnel's local endpoints (admin, metrics): every
+//! A minimal HTTP/1.1 server loop for ztunnel's local endpoints (readiness, metrics, admin): every
 //! request is answered synchronously from in-memory state.
 
 use std::convert::Infallible;
