@@ -43,6 +43,9 @@ use process::Proc;
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const DATAPLANE_LABEL: &str = "istio.io/dataplane-mode";
+/// The agent's service account, as `manifests/cni-agent.yaml` names it.
+const AGENT_NAMESPACE: &str = "istio-system";
+const AGENT_SERVICE_ACCOUNT: &str = "meshtunnel-cni-agent";
 pub(crate) const READINESS_PORT: u16 = 15021;
 /// How often ztunnel re-reads its config file here.
 pub(crate) const CONFIG_POLL: Duration = Duration::from_millis(100);
@@ -126,6 +129,7 @@ impl Cluster {
             .iter()
             .map(|n| cluster.config_path(n.id))
             .collect();
+        cluster.install_manifests()?;
         for node in &cluster.nodes {
             cluster.create_node_object(node)?;
         }
@@ -178,6 +182,30 @@ impl Cluster {
     /// The apiserver's JSON client (admin).
     pub fn api(&self) -> &Api {
         self.control_plane.api()
+    }
+
+    /// Applies every object in `manifests/` (server-side validated, as on a cluster), and
+    /// gives the agents a kubeconfig with a token of the manifests' own service account, so
+    /// the RBAC the agents run with is the one the manifests grant.
+    fn install_manifests(&self) -> Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        let dir = dir.to_str().context("non-UTF-8 path")?;
+        self.control_plane
+            .kubectl_run(&["apply", "--server-side", "-f", dir])?;
+        let token = self.api().token(
+            AGENT_NAMESPACE,
+            AGENT_SERVICE_ACCOUNT,
+            &[],
+            None,
+            Duration::from_secs(24 * 3600),
+        )?;
+        self.control_plane
+            .write_token_kubeconfig(&self.agent_kubeconfig(), &token)
+    }
+
+    /// The kubeconfig the agents run with (their service account's token).
+    pub fn agent_kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("cni-agent.kubeconfig")
     }
 
     /// The Node object a kubelet registers: pods scheduled to it need it (the EndpointSlice

@@ -259,12 +259,18 @@ fn collect_workloads(v: &serde_json::Value, needle: &str, rows: &mut Vec<String>
         serde_json::Value::Object(o) => {
             if let Some(uid) = o.get("uid").and_then(|u| u.as_str()) {
                 if uid.contains(needle) {
-                    let field = |k: &str| o.get(k).map(|v| v.to_string()).unwrap_or_default();
+                    // proto3 JSON leaves defaults out: no tunnelProtocol is plain TCP.
+                    let field = |k: &str, default: &str| {
+                        o.get(k)
+                            .and_then(|v| v.as_str())
+                            .unwrap_or(default)
+                            .to_owned()
+                    };
                     rows.push(format!(
-                        "{uid}  protocol={} node={} addresses={}",
-                        field("tunnelProtocol"),
-                        field("node"),
-                        field("addresses")
+                        "{uid}  protocol={} node={} status={}",
+                        field("tunnelProtocol", "TCP"),
+                        field("node", "-"),
+                        field("status", "HEALTHY")
                     ));
                     return;
                 }
