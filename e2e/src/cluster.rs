@@ -189,9 +189,12 @@ impl Cluster {
     /// the RBAC the agents run with is the one the manifests grant.
     fn install_manifests(&self) -> Result<()> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-        let dir = dir.to_str().context("non-UTF-8 path")?;
-        self.control_plane
-            .kubectl_run(&["apply", "--server-side", "-f", dir])?;
+        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        // manifests/README.md's order: the namespace first.
+        for file in ["namespace.yaml", "cni-agent.yaml", "ztunnel.yaml"] {
+            self.control_plane
+                .kubectl_run(&["apply", "--server-side", "-f", &path(file)])?;
+        }
         let token = self.api().token(
             AGENT_NAMESPACE,
             AGENT_SERVICE_ACCOUNT,
