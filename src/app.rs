@@ -11,7 +11,7 @@ use crate::admin::Admin;
 use crate::config::{self, Settings};
 use crate::hbone::H2Settings;
 use crate::identity::{CertManager, LocalCa, TlsContext};
-use crate::inpod::{self, PodInfo, ProxyConfig, WorkloadManager};
+use crate::inpod::{self, ProxyConfig, WorkloadManager};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::proxy::Ports;
@@ -132,11 +132,6 @@ impl zds::WorkloadHandler for ZdsHandler {
         info: zds::WorkloadInfo,
         netns: std::os::fd::OwnedFd,
     ) -> Result<(), String> {
-        let info = PodInfo {
-            name: info.name,
-            namespace: info.namespace,
-            service_account: info.service_account,
-        };
         self.0.add(uid, info, netns)
     }
 
