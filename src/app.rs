@@ -40,7 +40,7 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
     }
 
     let ca = LocalCa::load_or_create(&settings.local_ca_dir, &settings.trust_domain)?;
-    let tls = TlsContext::new(&[ca.root().clone()], &settings.trust_domain)?;
+    let tls = TlsContext::new(ca.roots(), &settings.trust_domain)?;
     let certs = CertManager::new(Arc::new(ca), settings.cert_ttl);
     let metrics = Metrics::new(settings.metrics_retention);
 

@@ -55,8 +55,9 @@ pub struct Settings {
     )]
     pub packet_mark: u32,
 
-    /// Directory holding the local CA (root-cert.pem, ca-key.pem) that signs workload
-    /// certificates when no external CA is used.
+    /// Directory holding the local CA that signs workload certificates when no external CA is
+    /// used: root-cert.pem + ca-key.pem, or Istio's plug-in layout (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem).
     #[arg(
         long,
         env = "LOCAL_CA_DIR",

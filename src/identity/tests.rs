@@ -9,16 +9,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
-fn id(sa: &str) -> Identity {
+pub(super) fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "demo", sa)
 }
 
-struct Side {
-    ctx: TlsContext,
-    mgr: Arc<CertManager>,
+pub(super) struct Side {
+    pub(super) ctx: TlsContext,
+    pub(super) mgr: Arc<CertManager>,
 }
 
-fn side(ca: LocalCa) -> Side {
+pub(super) fn side(ca: LocalCa) -> Side {
     let ctx = TlsContext::new(&[ca.root().clone()], "cluster.local").unwrap();
     Side {
         ctx,
@@ -27,7 +27,7 @@ fn side(ca: LocalCa) -> Side {
 }
 
 /// Runs one handshake; returns (client result, server result, identity the server saw).
-async fn handshake(
+pub(super) async fn handshake(
     client: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
 ) -> (Result<(), String>, Result<Option<Identity>, String>) {
