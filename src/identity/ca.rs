@@ -42,6 +42,8 @@ pub enum CaError {
     Dir { dir: PathBuf, msg: String },
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
+    #[error("certificate for {identity} from the Istio CA: {msg}")]
+    Remote { identity: String, msg: String },
     #[error("signing certificate for {identity}: {source}")]
     Sign {
         identity: String,

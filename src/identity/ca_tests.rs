@@ -142,11 +142,11 @@ async fn handshake_works(ca: LocalCa) {
     let s = side(ca);
     let server = s
         .ctx
-        .server_config(s.mgr.get(&id("server")).unwrap())
+        .server_config(s.mgr.get(&id("server")).await.unwrap())
         .unwrap();
     let client = s
         .ctx
-        .client_config(s.mgr.get(&id("client")).unwrap(), vec![id("server")])
+        .client_config(s.mgr.get(&id("client")).await.unwrap(), vec![id("server")])
         .unwrap();
     let (c, srv) = handshake(client, server).await;
     c.unwrap();

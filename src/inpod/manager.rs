@@ -80,8 +80,8 @@ impl WorkloadManager {
 
     /// Starts (or keeps) the proxies of pod `uid`. Idempotent for the same netns; a new netns
     /// for a known uid (sandbox re-created) replaces the old proxies.
-    pub fn add(&self, uid: String, info: WorkloadInfo, netns: OwnedFd) -> Result<(), String> {
-        let result = self.try_add(&uid, info, netns);
+    pub async fn add(&self, uid: String, info: WorkloadInfo, netns: OwnedFd) -> Result<(), String> {
+        let result = self.try_add(&uid, info, netns).await;
         let mut r = lock(&self.readiness);
         match &result {
             Ok(()) => {
@@ -94,7 +94,7 @@ impl WorkloadManager {
         result
     }
 
-    fn try_add(&self, uid: &str, info: WorkloadInfo, netns: OwnedFd) -> Result<(), String> {
+    async fn try_add(&self, uid: &str, info: WorkloadInfo, netns: OwnedFd) -> Result<(), String> {
         if uid.is_empty() {
             return Err("empty uid".into());
         }
@@ -116,6 +116,7 @@ impl WorkloadManager {
         let cert = self
             .certs
             .get(&identity)
+            .await
             .map_err(|e| format!("pod {uid}: {e}"))?;
         let inode = netns.inode();
         let factory: Arc<dyn SocketFactory> = Arc::new(InpodSocketFactory::new(
