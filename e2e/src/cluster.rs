@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use test_support::{unique_prefix, NodeId};
 
 pub use cni::{Attachment, PluginError, Runtime, Sandbox};
-pub use istiod::{render as render_config, AuthzPolicy, REDIRECTION_ANNOTATION};
+pub use istiod::{render as render_config, workload_uid, AuthzPolicy, REDIRECTION_ANNOTATION};
 pub use istiod_access::{IstiodAccess, ISTIOD_ADDR};
 pub use kubectl::Kubectl;
 pub use node::{subnets, Node, SYSTEM_CNI_DIR};
@@ -278,7 +278,7 @@ impl Cluster {
                     return false;
                 };
                 pods.iter().all(|p| {
-                    snap.workload_by_uid(&p.uid)
+                    snap.workload_by_uid(&workload_uid(&p.namespace, &p.name))
                         .is_some_and(|w| w.protocol == protocol)
                 })
             })
