@@ -133,16 +133,6 @@ fn cert_source(
         let roots = ca.roots().to_vec();
         return Ok((CertSource::Local(Arc::new(ca)), roots));
     };
-    let pem = std::fs::read(&settings.ca_root_ca)
-        .with_context(|| format!("CA_ROOT_CA {}", settings.ca_root_ca.display()))?;
-    let roots = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("CA_ROOT_CA {}", settings.ca_root_ca.display()))?;
-    anyhow::ensure!(
-        !roots.is_empty(),
-        "CA_ROOT_CA {} holds no PEM certificate",
-        settings.ca_root_ca.display()
-    );
     let ca = IstioCa::new(IstioCaSettings {
         address,
         root_ca: settings.ca_root_ca.clone(),
@@ -150,6 +140,8 @@ fn cert_source(
         token_path: settings.ca_token_path.clone(),
         cluster_id: settings.cluster_id.clone(),
     })?;
+    // The mesh trusts CA_ROOT_CA: every chain the CA returns is checked to lead there.
+    let roots = ca.roots().to_vec();
     Ok((CertSource::Istio(Arc::new(ca)), roots))
 }
 

@@ -62,6 +62,14 @@ fn admin_api_answers_on_loopback_only_with_a_config_dump() {
     let left = certs[0]["expiresInSeconds"].as_u64().unwrap();
     assert!((23 * 3600..=24 * 3600).contains(&left), "{left}");
     assert!(certs[0]["notAfter"].as_str().unwrap().ends_with('Z'));
+    // Where it came from and who signed it: the mesh's local CA root.
+    assert_eq!(dump["certificateSource"], "local CA");
+    assert_eq!(certs[0]["source"], "local CA");
+    let issuer = certs[0]["issuer"].as_str().unwrap();
+    assert!(issuer.contains("meshtunnel local root"), "{issuer}");
+    assert_eq!(certs[0]["chainLength"], 0);
+    assert!(certs[0]["lastRefreshError"].is_null());
+    assert!(certs[0]["refreshAt"].as_str().unwrap().ends_with('Z'));
 
     // The node's own address, from the node itself and from the other node: nothing there.
     let node_addr = SocketAddr::from((mesh.topo.node_ip(NodeId::A), ADMIN_PORT));

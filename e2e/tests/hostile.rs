@@ -31,7 +31,7 @@ fn tcp_from_node_a(mesh: &Mesh, dst: SocketAddr) -> TcpStream {
 }
 
 /// Client TLS config presenting a cert for `client` issued by `ca`, expecting `server`.
-fn client_tls(
+async fn client_tls(
     ca: LocalCa,
     trust_root: &LocalCa,
     client: &Identity,
@@ -39,11 +39,7 @@ fn client_tls(
 ) -> Arc<rustls::ClientConfig> {
     let tls = TlsContext::new(&[trust_root.root().clone()], TRUST_DOMAIN).unwrap();
     let certs = CertManager::new(Arc::new(ca), Duration::from_secs(3600));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let slot = rt.block_on(certs.get(client)).unwrap();
+    let slot = certs.get(client).await.unwrap();
     tls.client_config(slot, vec![server]).unwrap()
 }
 
@@ -70,7 +66,7 @@ fn hostile_hbone_clients_get_refused_and_ztunnel_keeps_serving() {
 
         // A client certificate from another CA: the handshake fails.
         let foreign = LocalCa::generate(TRUST_DOMAIN).unwrap();
-        let cfg = client_tls(foreign, &mesh_ca, &client, b1_identity());
+        let cfg = client_tls(foreign, &mesh_ca, &client, b1_identity()).await;
         let tcp = tcp_from_node_a(&mesh, hbone);
         let name = ServerName::IpAddress(hbone.ip().into());
         let res = async {
@@ -95,7 +91,8 @@ fn hostile_hbone_clients_get_refused_and_ztunnel_keeps_serving() {
             &mesh_ca,
             &client,
             b1_identity(),
-        );
+        )
+        .await;
         let tcp = tcp_from_node_a(&mesh, hbone);
         let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(ServerName::IpAddress(hbone.ip().into()), tcp)

@@ -14,6 +14,7 @@ fn rfc3339(t: SystemTime) -> String {
 pub(super) fn config_dump(a: &Admin) -> Value {
     let snap = a.state.current();
     let now = SystemTime::now();
+    let source = a.certs.source().describe();
     let mut certs = a.certs.certificates();
     certs.sort_by_key(|c| c.identity.to_string());
     let certificates: Vec<Value> = certs
@@ -26,9 +27,17 @@ pub(super) fn config_dump(a: &Admin) -> Value {
                 .unwrap_or(0);
             json!({
                 "identity": c.identity.to_string(),
+                "source": source,
+                "issuer": c.issuer,
+                "chainLength": c.chain_len,
                 "notBefore": rfc3339(c.not_before),
                 "notAfter": rfc3339(c.not_after),
+                "refreshAt": rfc3339(c.refresh_at),
                 "expiresInSeconds": left,
+                "lastRefreshError": c.last_error.as_ref().map(|(at, why)| json!({
+                    "at": rfc3339(*at),
+                    "error": why,
+                })),
             })
         })
         .collect();
@@ -64,6 +73,7 @@ pub(super) fn config_dump(a: &Admin) -> Value {
         "workloads": workloads,
         "services": services,
         "policies": policies,
+        "certificateSource": source,
         "certificates": certificates,
         "pods": pods,
         "ready": a.manager.ready().err().map_or(json!(true), |why| json!(why)),

@@ -107,14 +107,30 @@ pub fn policies(dump: &Value) -> String {
 }
 
 pub fn certs(dump: &Value) -> String {
-    let mut t = Table::new(&["IDENTITY", "NOT-BEFORE", "NOT-AFTER", "EXPIRES-IN"]);
+    let mut t = Table::new(&[
+        "IDENTITY",
+        "SOURCE",
+        "ISSUER",
+        "NOT-AFTER",
+        "EXPIRES-IN",
+        "REFRESH-AT",
+        "LAST-REFRESH-ERROR",
+    ]);
     for c in list(dump, "certificates") {
         let left = c["expiresInSeconds"].as_u64().unwrap_or(0);
+        // Tables split on whitespace downstream; keep each cell one word-run per column.
+        let one_cell = |v: &Value| s(v).replace(' ', "_");
         t.row(vec![
             s(&c["identity"]),
-            s(&c["notBefore"]),
+            one_cell(&c["source"]),
+            one_cell(&c["issuer"]),
             s(&c["notAfter"]),
             humantime::format_duration(std::time::Duration::from_secs(left)).to_string(),
+            s(&c["refreshAt"]),
+            match &c["lastRefreshError"] {
+                Value::Null => "-".into(),
+                e => format!("{}: {}", s(&e["at"]), s(&e["error"])),
+            },
         ]);
     }
     t.render()
@@ -145,8 +161,10 @@ mod tests {
             "policies": [{"name": "deny-db", "namespace": "demo", "scope": "Namespace",
                           "action": "Deny", "dryRun": false, "rules": [[[]]]}],
             "certificates": [{"identity": "spiffe://cluster.local/ns/demo/sa/web",
+                              "source": "istio CA https://istiod:15012", "issuer": "O=cluster.local",
                               "notBefore": "2026-01-01T00:00:00Z", "notAfter": "2026-01-02T00:00:00Z",
-                              "expiresInSeconds": 3600}],
+                              "refreshAt": "2026-01-01T12:00:00Z", "expiresInSeconds": 3600,
+                              "lastRefreshError": {"at": "2026-01-01T12:00:01Z", "error": "istiod down"}}],
             // The ZDS uid is a pod UID; `workloadUid` is what the pod matched in the config.
             "pods": [{"uid": "7d1e-pod-uid", "workloadUid": "Kubernetes//Pod/demo/web"}]
         })
@@ -177,6 +195,15 @@ mod tests {
         assert!(pol.contains("deny-db") && pol.contains("Deny"), "{pol}");
         let c = certs(&d);
         assert!(c.contains("1h"), "{c}");
+        let row = c.lines().nth(1).unwrap();
+        for want in [
+            "istio_CA_https://istiod:15012",
+            "O=cluster.local",
+            "2026-01-01T12:00:00Z",
+            "istiod down",
+        ] {
+            assert!(row.contains(want), "{want} missing: {c}");
+        }
         // Missing sections give an empty table, not a panic.
         assert_eq!(workloads(&json!({})).lines().count(), 1);
     }

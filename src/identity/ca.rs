@@ -224,25 +224,7 @@ impl LocalCa {
         };
         let probe = Identity::new(trust_domain, "meshtunnel-self-check", "ca");
         let leaf = self.issue(&probe, Duration::from_secs(60))?;
-        let mut store = RootCertStore::empty();
-        for r in &self.roots {
-            store
-                .add(r.clone())
-                .map_err(|e| err(format!("unusable root: {e}")))?;
-        }
-        let parsed = ParsedCertificate::try_from(&leaf.chain[0])
-            .map_err(|e| err(format!("issued leaf unreadable: {e}")))?;
-        let algs = rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .all;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &store,
-            &leaf.chain[1..],
-            UnixTime::now(),
-            algs,
-        )
-        .map_err(|e| {
+        verify_chain(&leaf.chain, &self.roots).map_err(|e| {
             err(format!(
                 "leaves signed by this CA do not verify against {ROOT_CERT_FILE}: {e}"
             ))
@@ -310,6 +292,27 @@ impl LocalCa {
             not_after,
         })
     }
+}
+
+/// Checks `chain` (leaf first, then intermediates) the way peers will: it must lead to one of
+/// `roots`, now.
+pub(super) fn verify_chain(
+    chain: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Result<(), String> {
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store
+            .add(r.clone())
+            .map_err(|e| format!("unusable root: {e}"))?;
+    }
+    let leaf = chain.first().ok_or("empty chain")?;
+    let parsed = ParsedCertificate::try_from(leaf).map_err(|e| format!("leaf unreadable: {e}"))?;
+    let algs = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    verify_server_cert_signed_by_trust_anchor(&parsed, &store, &chain[1..], UnixTime::now(), algs)
+        .map_err(|e| e.to_string())
 }
 
 /// Every certificate of a PEM file (at least one).

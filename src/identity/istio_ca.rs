@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use super::ca::verify_chain;
 use super::{identity_of, CaError, Identity, WorkloadCert};
 
 #[allow(clippy::all, missing_docs)]
@@ -53,6 +54,8 @@ pub struct IstioCaSettings {
 pub struct IstioCa {
     client: IstioCertificateServiceClient<Channel>,
     settings: IstioCaSettings,
+    /// CA_ROOT_CA's certificates: what the mesh trusts, so what every issued chain must lead to.
+    roots: Vec<CertificateDer<'static>>,
     in_flight: Semaphore,
 }
 
@@ -65,6 +68,12 @@ impl IstioCa {
         };
         let roots = std::fs::read_to_string(&settings.root_ca)
             .map_err(|e| cfg_err(format!("CA_ROOT_CA: {e}")))?;
+        let trust = rustls_pemfile::certs(&mut roots.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cfg_err(format!("CA_ROOT_CA: unreadable PEM: {e}")))?;
+        if trust.is_empty() {
+            return Err(cfg_err("CA_ROOT_CA holds no PEM certificate".into()));
+        }
         let address = if settings.address.contains("://") {
             settings.address.clone()
         } else {
@@ -89,6 +98,7 @@ impl IstioCa {
         Ok(IstioCa {
             client: IstioCertificateServiceClient::new(channel),
             settings,
+            roots: trust,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
         })
     }
@@ -144,7 +154,12 @@ impl IstioCa {
                 ))
             })?
             .into_inner();
-        certificate(id, &key, &resp).map_err(err)
+        certificate(id, &key, &resp, &self.roots).map_err(err)
+    }
+
+    /// What the mesh trusts in this mode (CA_ROOT_CA).
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
     }
 }
 
@@ -174,12 +189,13 @@ pub fn request(id: &Identity, csr: String, ttl: Duration) -> IstioCertificateReq
 }
 
 /// Reads the CA's answer for `id` (whose CSR was made with `key`): the chain must start with a
-/// leaf for exactly `id`. What is presented is the leaf and the certificates above it except
-/// the last (the root, which peers have).
+/// leaf for exactly `id` and lead to one of `roots` (what peers trust). What is presented is
+/// the leaf and the certificates above it except the last (the root, which peers have).
 pub fn certificate(
     id: &Identity,
     key: &KeyPair,
     resp: &IstioCertificateResponse,
+    roots: &[CertificateDer<'static>],
 ) -> Result<WorkloadCert, String> {
     let mut chain: Vec<CertificateDer<'static>> = Vec::new();
     for (i, pem) in resp.cert_chain.iter().enumerate() {
@@ -210,6 +226,9 @@ pub fn certificate(
     if chain.len() > 1 {
         chain.pop();
     }
+    verify_chain(&chain, roots).map_err(|e| {
+        format!("the chain does not lead to a CA_ROOT_CA root, so peers would refuse it: {e}")
+    })?;
     Ok(WorkloadCert {
         identity: id.clone(),
         chain,

@@ -33,6 +33,12 @@ impl FakeCa {
         csr.signed_by(&self.issuer).unwrap().pem()
     }
 
+    fn roots(&self) -> Vec<CertificateDer<'static>> {
+        rustls_pemfile::certs(&mut self.root_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect()
+    }
+
     fn answer(&self, csr_pem: &str) -> IstioCertificateResponse {
         IstioCertificateResponse {
             cert_chain: vec![self.sign(csr_pem), self.root_pem.clone()],
@@ -102,7 +108,7 @@ fn request_carries_ttl_and_impersonated_identity_with_upstream_field_numbers() {
 fn answer_becomes_a_certificate_presenting_all_but_the_root() {
     let ca = FakeCa::new();
     let (pem, key) = csr(&id("web")).unwrap();
-    let cert = certificate(&id("web"), &key, &ca.answer(&pem)).unwrap();
+    let cert = certificate(&id("web"), &key, &ca.answer(&pem), &ca.roots()).unwrap();
     assert_eq!(cert.identity, id("web"));
     assert_eq!(cert.chain.len(), 1, "the root is not presented");
     assert_eq!(identity_of(&cert.chain[0]), Ok(id("web")));
@@ -113,14 +119,17 @@ fn answer_becomes_a_certificate_presenting_all_but_the_root() {
     // With an intermediate: leaf + intermediate presented.
     let mut with_int = ca.answer(&pem);
     with_int.cert_chain.insert(1, ca.root_pem.clone());
-    let cert = certificate(&id("web"), &key, &with_int).unwrap();
+    let cert = certificate(&id("web"), &key, &with_int, &ca.roots()).unwrap();
     assert_eq!(cert.chain.len(), 2);
     // Several certificates in one PEM string are read too.
     let joined = IstioCertificateResponse {
         cert_chain: vec![ca.answer(&pem).cert_chain.concat()],
     };
     assert_eq!(
-        certificate(&id("web"), &key, &joined).unwrap().chain.len(),
+        certificate(&id("web"), &key, &joined, &ca.roots())
+            .unwrap()
+            .chain
+            .len(),
         1
     );
 }
@@ -129,7 +138,9 @@ fn answer_becomes_a_certificate_presenting_all_but_the_root() {
 fn bad_answers_are_refused_with_the_reason() {
     let ca = FakeCa::new();
     let (pem, key) = csr(&id("web")).unwrap();
-    let err = |resp: &IstioCertificateResponse| certificate(&id("web"), &key, resp).unwrap_err();
+    let err = |resp: &IstioCertificateResponse| {
+        certificate(&id("web"), &key, resp, &ca.roots()).unwrap_err()
+    };
 
     let empty = IstioCertificateResponse { cert_chain: vec![] };
     assert!(err(&empty).contains("empty certificate chain"));
@@ -146,8 +157,12 @@ fn bad_answers_are_refused_with_the_reason() {
     );
     // Our identity, but not our key.
     let (_, other_key) = csr(&id("web")).unwrap();
-    let e = certificate(&id("web"), &other_key, &ca.answer(&pem)).unwrap_err();
+    let e = certificate(&id("web"), &other_key, &ca.answer(&pem), &ca.roots()).unwrap_err();
     assert!(e.contains("not carry the key of our CSR"), "{e}");
+    // Signed under a root the mesh does not trust.
+    let stranger = FakeCa::new();
+    let e = certificate(&id("web"), &key, &ca.answer(&pem), &stranger.roots()).unwrap_err();
+    assert!(e.contains("does not lead to a CA_ROOT_CA root"), "{e}");
 }
 
 #[tokio::test]

@@ -113,7 +113,14 @@ impl Issued {
 pub enum CertSource {
     Local(Arc<LocalCa>),
     Istio(Arc<IstioCa>),
+    /// Tests: a CA that answers what the test says.
+    #[cfg(test)]
+    Scripted(ScriptedCa),
 }
+
+#[cfg(test)]
+pub(super) type ScriptedCa =
+    Arc<dyn Fn(&Identity, Duration) -> Result<WorkloadCert, CaError> + Send + Sync>;
 
 impl From<Arc<LocalCa>> for CertSource {
     fn from(ca: Arc<LocalCa>) -> Self {
@@ -126,6 +133,8 @@ impl CertSource {
         match self {
             CertSource::Local(ca) => ca.issue(id, ttl),
             CertSource::Istio(ca) => ca.issue(id, ttl).await,
+            #[cfg(test)]
+            CertSource::Scripted(f) => f(id, ttl),
         }
     }
 
@@ -134,6 +143,8 @@ impl CertSource {
         match self {
             CertSource::Local(_) => "local CA".into(),
             CertSource::Istio(ca) => format!("istio CA {}", ca.address()),
+            #[cfg(test)]
+            CertSource::Scripted(_) => "scripted CA".into(),
         }
     }
 }

@@ -193,3 +193,70 @@ async fn slots_are_shared_while_held_and_refreshed_at_half_life() {
     drop((a, b));
     assert!(mgr.certificates().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_refresh_keeps_the_old_certificate_records_why_and_recovers() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let script: manager::ScriptedCa = {
+        let (calls, down) = (calls.clone(), down.clone());
+        Arc::new(move |id: &Identity, ttl| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            // Slow enough that concurrent first requests overlap.
+            std::thread::sleep(Duration::from_millis(100));
+            if down.load(Ordering::SeqCst) {
+                return Err(CaError::Remote {
+                    identity: id.to_string(),
+                    msg: "istiod unreachable".into(),
+                });
+            }
+            ca.issue(id, ttl)
+        })
+    };
+    // Leaves are back-dated 300 s, so with a 2 s ttl every refresh is due at once.
+    let mgr = CertManager::new(CertSource::Scripted(script), Duration::from_secs(2));
+    let first = |m: Arc<CertManager>| tokio::spawn(async move { m.get(&id("web")).await });
+    let (a, b) = tokio::join!(first(mgr.clone()), first(mgr.clone()));
+    let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "concurrent first requests share one slot"
+    );
+    down.store(true, Ordering::SeqCst);
+    // Let the refresh that may already be running finish, then freeze the serving cert.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let serving = a.info().not_after;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let info = loop {
+        let info = a.info();
+        if info.last_error.is_some() {
+            break info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refresh error recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(info.last_error.unwrap().1.contains("istiod unreachable"));
+    assert_eq!(
+        a.info().not_after,
+        serving,
+        "the old certificate stays in use"
+    );
+    let failed_calls = calls.load(Ordering::SeqCst);
+    down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.info().last_error.is_some() || a.info().not_after == serving {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refresh did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(calls.load(Ordering::SeqCst) > failed_calls);
+    assert_eq!(mgr.certificates()[0].issuer, a.info().issuer);
+    drop((a, b));
+}
