@@ -1,0 +1,2 @@
+//! istiod's delta xDS: ztunnel's workloads, services and policies from the control plane.
+pub mod proto;
