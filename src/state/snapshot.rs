@@ -110,17 +110,61 @@ impl ConfigSnapshot {
         services: Vec<Service>,
         policies: Vec<Policy>,
     ) -> Result<Self, SnapshotError> {
+        let mut first_error = None;
+        let s = Self::index(
+            workloads.into_iter().map(Arc::new),
+            services.into_iter().map(Arc::new),
+            policies.into_iter().map(Arc::new),
+            &mut |e| {
+                first_error.get_or_insert(e);
+                false
+            },
+        );
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(s),
+        }
+    }
+
+    /// Indexes config from sources that may disagree (istiod mid-update, or istiod and the
+    /// local file): the first of two entries with the same key or address wins and each
+    /// conflict is returned, so one stale entry cannot take the whole config down. Takes the
+    /// entries shared, so a rebuild after a one-workload change copies pointers, not workloads.
+    pub fn merged(
+        workloads: impl IntoIterator<Item = Arc<Workload>>,
+        services: impl IntoIterator<Item = Arc<Service>>,
+        policies: impl IntoIterator<Item = Arc<Policy>>,
+    ) -> (Self, Vec<SnapshotError>) {
+        let mut conflicts = Vec::new();
+        let s = Self::index(workloads, services, policies, &mut |e| {
+            conflicts.push(e);
+            true
+        });
+        (s, conflicts)
+    }
+
+    /// `conflict` hears every duplicate and says whether to go on (skipping the later entry,
+    /// or for an address only its index entry) or stop.
+    fn index(
+        workloads: impl IntoIterator<Item = Arc<Workload>>,
+        services: impl IntoIterator<Item = Arc<Service>>,
+        policies: impl IntoIterator<Item = Arc<Policy>>,
+        conflict: &mut dyn FnMut(SnapshotError) -> bool,
+    ) -> Self {
         let mut s = ConfigSnapshot::default();
         let mut uid_pos = HashMap::new();
         let mut ip_pos = HashMap::new();
         for (i, w) in workloads.into_iter().enumerate() {
-            let w = Arc::new(w);
             if let Some(&first) = uid_pos.get(&w.uid) {
-                return Err(SnapshotError::DuplicateUid {
+                let go_on = conflict(SnapshotError::DuplicateUid {
                     uid: w.uid.clone(),
                     first,
                     second: i,
                 });
+                if go_on {
+                    continue;
+                }
+                return s;
             }
             uid_pos.insert(w.uid.clone(), i);
             // Host-network pods carry their node's IP; indexing it would claim the node.
@@ -128,11 +172,14 @@ impl ConfigSnapshot {
                 for ip in &w.workload_ips {
                     match ip_pos.entry(*ip) {
                         Entry::Occupied(e) => {
-                            return Err(SnapshotError::DuplicateWorkloadIp {
+                            let go_on = conflict(SnapshotError::DuplicateWorkloadIp {
                                 ip: *ip,
                                 first: *e.get(),
                                 second: i,
-                            })
+                            });
+                            if !go_on {
+                                return s;
+                            }
                         }
                         Entry::Vacant(e) => {
                             e.insert(i);
@@ -148,59 +195,79 @@ impl ConfigSnapshot {
         let mut key_pos = HashMap::new();
         for (i, svc) in services.into_iter().enumerate() {
             let key = svc.key();
-            if let Some(&first) = key_pos.get(&key) {
-                return Err(SnapshotError::DuplicateService {
+            if let Some(&(first, _)) = key_pos.get(&key) {
+                let go_on = conflict(SnapshotError::DuplicateService {
                     key,
                     first,
                     second: i,
                 });
-            }
-            key_pos.insert(key.clone(), i);
-            for vip in &svc.vips {
-                if let Some(&first) = s.by_vip.get(&vip.address) {
-                    return Err(SnapshotError::DuplicateVip {
-                        ip: vip.address,
-                        first,
-                        second: i,
-                    });
+                if go_on {
+                    continue;
                 }
-                s.by_vip.insert(vip.address, i);
+                return s;
             }
-            let eps = s
-                .workloads
-                .iter()
-                .filter(|w| w.services.contains_key(&key))
-                .cloned()
-                .collect();
-            s.endpoints.push(eps);
+            let idx = s.services.len();
+            key_pos.insert(key.clone(), (i, idx));
+            for vip in &svc.vips {
+                match s.by_vip.entry(vip.address) {
+                    Entry::Occupied(e) => {
+                        let go_on = conflict(SnapshotError::DuplicateVip {
+                            ip: vip.address,
+                            first: *e.get(),
+                            second: i,
+                        });
+                        if !go_on {
+                            return s;
+                        }
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(idx);
+                    }
+                }
+            }
             s.service_keys.push(key);
-            s.services.push(Arc::new(svc));
+            s.services.push(svc);
+        }
+        // Endpoints by walking each workload's own service list once: O(workloads x their
+        // services), where asking every workload about every service would be O(W x S).
+        s.endpoints = vec![Vec::new(); s.services.len()];
+        for w in &s.workloads {
+            for key in w.services.keys() {
+                if let Some(&(_, idx)) = key_pos.get(key) {
+                    s.endpoints[idx].push(w.clone());
+                }
+            }
         }
 
         let mut policy_pos = HashMap::new();
         for (i, p) in policies.into_iter().enumerate() {
             let key = p.key();
             if let Some(&first) = policy_pos.get(&key) {
-                return Err(SnapshotError::DuplicatePolicy {
+                let go_on = conflict(SnapshotError::DuplicatePolicy {
                     key,
                     first,
                     second: i,
                 });
+                if go_on {
+                    continue;
+                }
+                return s;
             }
             policy_pos.insert(key.clone(), i);
+            let idx = s.policies.len();
             match p.scope {
-                Scope::Global => s.global_policies.push(i),
+                Scope::Global => s.global_policies.push(idx),
                 Scope::Namespace => s
                     .namespace_policies
                     .entry(p.namespace.clone())
                     .or_default()
-                    .push(i),
+                    .push(idx),
                 Scope::WorkloadSelector => {}
             }
-            s.policy_by_key.insert(key, i);
-            s.policies.push(Arc::new(p));
+            s.policy_by_key.insert(key, idx);
+            s.policies.push(p);
         }
-        Ok(s)
+        s
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
@@ -330,182 +397,5 @@ impl ConfigSnapshot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::{NetworkAddress, Protocol};
-
-    const SVC: &str = "demo/echo.demo.svc.cluster.local";
-
-    fn wl(uid: &str, ip: &str, services: &[(&str, u16, u16)]) -> Workload {
-        let mut map: HashMap<String, HashMap<u16, u16>> = HashMap::new();
-        for (k, sp, tp) in services {
-            map.entry(k.to_string()).or_default().insert(*sp, *tp);
-        }
-        Workload {
-            uid: uid.into(),
-            name: uid.into(),
-            namespace: "demo".into(),
-            workload_ips: vec![ip.parse().unwrap()],
-            protocol: Protocol::Hbone,
-            services: map,
-            ..Default::default()
-        }
-    }
-
-    fn svc(ports: &[(u16, u16)]) -> Service {
-        Service {
-            name: "echo".into(),
-            namespace: "demo".into(),
-            hostname: "echo.demo.svc.cluster.local".into(),
-            vips: vec!["/10.96.0.10".parse::<NetworkAddress>().unwrap()],
-            ports: ports.iter().copied().collect(),
-            ..Default::default()
-        }
-    }
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    fn resolve(s: &ConfigSnapshot, dst: &str, idx: usize) -> Result<Upstream, ResolveError> {
-        s.resolve(sa(dst), &mut |_| idx)
-    }
-
-    #[test]
-    fn vip_maps_port_via_workload_then_service() {
-        let s = ConfigSnapshot::new(
-            vec![
-                wl("a", "10.0.0.1", &[(SVC, 80, 8080)]),
-                wl("b", "10.0.0.2", &[(SVC, 81, 0)]),
-            ],
-            vec![svc(&[(80, 9999), (81, 9081)])],
-            vec![],
-        )
-        .unwrap();
-        // "a" maps 80 itself; "b" has no usable entry for 80 and falls back to the service.
-        let Upstream::Workload { addr, service, .. } = resolve(&s, "10.96.0.10:80", 0).unwrap()
-        else {
-            panic!("not a workload")
-        };
-        assert_eq!(addr, sa("10.0.0.1:8080"));
-        assert_eq!(service.unwrap().name, "echo");
-        assert_eq!(
-            resolve(&s, "10.96.0.10:80", 1).unwrap().addr(),
-            sa("10.0.0.2:9999")
-        );
-        // Out-of-range picks wrap instead of panicking.
-        assert_eq!(
-            resolve(&s, "10.96.0.10:80", 3).unwrap().addr(),
-            sa("10.0.0.2:9999")
-        );
-        // Target port 0 on the workload defers to the service map.
-        assert_eq!(
-            resolve(&s, "10.96.0.10:81", 1).unwrap().addr(),
-            sa("10.0.0.2:9081")
-        );
-    }
-
-    #[test]
-    fn picker_sees_only_usable_endpoints() {
-        let mut sick = wl("sick", "10.0.0.3", &[(SVC, 80, 8080)]);
-        sick.status = HealthStatus::Unhealthy;
-        let s = ConfigSnapshot::new(
-            vec![sick, wl("ok", "10.0.0.4", &[(SVC, 80, 8080)])],
-            vec![svc(&[(80, 8080)])],
-            vec![],
-        )
-        .unwrap();
-        let mut seen = 0;
-        let up = s
-            .resolve(sa("10.96.0.10:80"), &mut |n| {
-                seen = n;
-                0
-            })
-            .unwrap();
-        assert_eq!(seen, 1);
-        assert_eq!(up.addr(), sa("10.0.0.4:8080"));
-    }
-
-    #[test]
-    fn direct_pod_ip_keeps_port_and_unknown_passes_through() {
-        let s = ConfigSnapshot::new(vec![wl("a", "10.0.0.1", &[])], vec![], vec![]).unwrap();
-        match resolve(&s, "10.0.0.1:1234", 0).unwrap() {
-            Upstream::Workload {
-                workload,
-                addr,
-                service,
-            } => {
-                assert_eq!(workload.uid, "a");
-                assert_eq!(addr, sa("10.0.0.1:1234"));
-                assert!(service.is_none());
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            resolve(&s, "192.0.2.1:443", 0).unwrap(),
-            Upstream::Passthrough(sa("192.0.2.1:443"))
-        );
-    }
-
-    #[test]
-    fn service_errors() {
-        let s = ConfigSnapshot::new(vec![], vec![svc(&[(80, 8080)])], vec![]).unwrap();
-        let e = resolve(&s, "10.96.0.10:80", 0).unwrap_err();
-        assert_eq!(
-            e,
-            ResolveError::NoEndpoints {
-                service: SVC.into(),
-                port: 80
-            }
-        );
-        assert!(e.to_string().contains(SVC), "{e}");
-        let e = resolve(&s, "10.96.0.10:443", 0).unwrap_err();
-        assert!(
-            matches!(e, ResolveError::PortNotInService { port: 443, .. }),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn duplicates_are_refused_with_positions() {
-        let e = ConfigSnapshot::new(
-            vec![wl("a", "10.0.0.1", &[]), wl("a", "10.0.0.2", &[])],
-            vec![],
-            vec![],
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "workloads[1]: duplicate uid \"a\" (also workloads[0])"
-        );
-        let e = ConfigSnapshot::new(
-            vec![wl("a", "10.0.0.1", &[]), wl("b", "10.0.0.1", &[])],
-            vec![],
-            vec![],
-        )
-        .unwrap_err();
-        assert!(matches!(
-            e,
-            SnapshotError::DuplicateWorkloadIp {
-                first: 0,
-                second: 1,
-                ..
-            }
-        ));
-        let mut other = svc(&[]);
-        other.hostname = "other".into();
-        let e = ConfigSnapshot::new(vec![], vec![svc(&[]), other], vec![]).unwrap_err();
-        assert!(matches!(e, SnapshotError::DuplicateVip { .. }), "{e}");
-    }
-
-    #[test]
-    fn host_network_workloads_are_not_indexed_by_ip() {
-        let mut h = wl("h", "192.168.0.1", &[]);
-        h.network_mode = NetworkMode::HostNetwork;
-        let mut h2 = wl("h2", "192.168.0.1", &[]);
-        h2.network_mode = NetworkMode::HostNetwork;
-        let s = ConfigSnapshot::new(vec![h, h2], vec![], vec![]).unwrap();
-        assert!(s.workload_by_ip("192.168.0.1".parse().unwrap()).is_none());
-        assert!(s.workload_by_uid("h2").is_some());
-    }
-}
+#[path = "snapshot_tests.rs"]
+mod tests;
