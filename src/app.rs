@@ -30,10 +30,11 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
         None => ConfigSnapshot::empty(),
     };
     let state = Arc::new(State::new(snapshot));
+    let sources = Arc::new(config::ConfigSources::new(state.clone(), false));
     if let Some(path) = &settings.local_xds_path {
         config::spawn_watcher(
             path.clone(),
-            state.clone(),
+            sources.clone(),
             settings.config_poll_interval,
             defaults,
         );

@@ -15,6 +15,8 @@ use crate::state::{
 const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
 /// One decoded `istio.workload.Address`.
+// Short-lived: each value is moved once, into an `Arc`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
     Workload(Workload),

@@ -2,3 +2,4 @@
 mod convert;
 pub mod proto;
 pub mod protocol;
+pub mod store;

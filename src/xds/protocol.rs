@@ -8,6 +8,7 @@
 //! push would stop every unrelated update behind one bad object.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use prost::Message;
 
@@ -48,12 +49,13 @@ impl Kind {
     }
 }
 
-/// One accepted resource, in the workload model.
+/// One accepted resource, in the workload model, already shared the way the store and
+/// snapshots hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resource {
-    Workload(Workload),
-    Service(Service),
-    Policy(Policy),
+    Workload(Arc<Workload>),
+    Service(Arc<Service>),
+    Policy(Arc<Policy>),
 }
 
 /// What one response changes, keyed by xDS resource name.
@@ -216,14 +218,16 @@ fn decode(
             let a = pw::Address::decode(any.value.as_slice())
                 .map_err(|e| format!("undecodable Address: {e}"))?;
             Ok(match convert::address(a, defaults).map_err(bad)? {
-                convert::Address::Workload(w) => Resource::Workload(w),
-                convert::Address::Service(s) => Resource::Service(s),
+                convert::Address::Workload(w) => Resource::Workload(Arc::new(w)),
+                convert::Address::Service(s) => Resource::Service(Arc::new(s)),
             })
         }
         Kind::Authorization => {
             let a = security::Authorization::decode(any.value.as_slice())
                 .map_err(|e| format!("undecodable Authorization: {e}"))?;
-            convert::policy(a).map(Resource::Policy).map_err(bad)
+            convert::policy(a)
+                .map(|p| Resource::Policy(Arc::new(p)))
+                .map_err(bad)
         }
     }
 }
