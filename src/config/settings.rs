@@ -135,6 +135,10 @@ pub struct Settings {
     )]
     pub config_poll_interval: Duration,
 
+    /// istiod's delta xDS (XDS_ADDRESS, XDS_ROOT_CA, ALT_XDS_HOSTNAME, AUTH_TOKEN, ...).
+    #[command(flatten)]
+    pub xds: crate::xds::XdsSettings,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -237,6 +241,13 @@ mod tests {
         "METRICS_RETENTION",
         "LOG_FORMAT",
         "RUST_LOG",
+        "XDS_ADDRESS",
+        "XDS_ROOT_CA",
+        "ALT_XDS_HOSTNAME",
+        "AUTH_TOKEN",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "INSTANCE_IP",
     ];
 
     fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
@@ -293,6 +304,11 @@ mod tests {
         assert_eq!(s.metrics_retention, Duration::from_secs(300));
         assert_eq!(s.log_format, LogFormat::Plain);
         assert_eq!(s.log_level, "info");
+        assert_eq!(s.xds.address(), None);
+        assert_eq!(
+            s.xds.auth_token,
+            PathBuf::from("/var/run/secrets/tokens/istio-token")
+        );
     }
 
     #[test]

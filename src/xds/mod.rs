@@ -2,4 +2,11 @@
 mod convert;
 pub mod proto;
 pub mod protocol;
+mod settings;
 pub mod store;
+pub use settings::XdsSettings;
+mod client;
+mod node;
+pub mod status;
+pub use client::{run, ClientConfig};
+pub use convert::Defaults;
