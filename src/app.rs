@@ -42,6 +42,7 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
         );
     }
     let stop = CancellationToken::new();
+    let metrics = Metrics::new(settings.metrics_retention);
     let xds_status = xds_address.as_deref().map(|a| Arc::new(XdsStatus::new(a)));
     if let Some(status) = &xds_status {
         let cfg = xds::ClientConfig::new(
@@ -50,13 +51,18 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
             &settings.cluster_id,
             &settings.trust_domain,
         );
-        tokio::spawn(xds::run(cfg, sources.clone(), status.clone(), stop.clone()));
+        tokio::spawn(xds::run(
+            cfg,
+            sources.clone(),
+            status.clone(),
+            metrics.xds.clone(),
+            stop.clone(),
+        ));
     }
 
     let ca = LocalCa::load_or_create(&settings.local_ca_dir, &settings.trust_domain)?;
     let tls = TlsContext::new(&[ca.root().clone()], &settings.trust_domain)?;
     let certs = CertManager::new(Arc::new(ca), settings.cert_ttl);
-    let metrics = Metrics::new(settings.metrics_retention);
 
     let manager = WorkloadManager::new(
         ProxyConfig {

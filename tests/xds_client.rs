@@ -165,10 +165,13 @@ async fn client_speaks_delta_ads_to_a_real_grpc_server() {
         },
     };
     let stop = CancellationToken::new();
+    let metrics = meshtunnel::metrics::Metrics::new(Duration::from_secs(60));
+    let xds_metrics = metrics.xds.clone();
     let client = tokio::spawn(meshtunnel::xds::run(
         cfg,
         sources.clone(),
         status.clone(),
+        xds_metrics.clone(),
         stop.clone(),
     ));
 
@@ -254,7 +257,7 @@ async fn client_speaks_delta_ads_to_a_real_grpc_server() {
     assert_eq!(snap.types["Address"].resources, 3);
     assert_eq!(snap.types["Authorization"].acks, 1);
 
-    // istiod goes away: the config stays; the client comes back with what it holds.
+    // istiod ends the stream: the config stays; the client comes back with what it holds.
     drop(c);
     let mut c = tokio::time::timeout(Duration::from_secs(10), conns.recv())
         .await
@@ -290,6 +293,15 @@ async fn client_speaks_delta_ads_to_a_real_grpc_server() {
     let echo = cur.service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
     assert_eq!(cur.endpoints(echo).len(), 1);
     assert!(status.snapshot().connections >= 2);
+    let text = metrics.encode();
+    for want in [
+        "istio_xds_message_total{url=\"type.googleapis.com/istio.workload.Address\"} 2",
+        "istio_xds_message_bytes_total{url=\"type.googleapis.com/istio.workload.Address\"}",
+        "istio_xds_connection_terminations_total{reason=\"Complete\"} 1",
+        "ztunnel_xds_nacks_total{url=\"type.googleapis.com/istio.workload.Address\"} 1",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
 
     stop.cancel();
     client.await.unwrap();

@@ -12,6 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{debug, info, warn};
 
 use super::convert::Defaults;
+use super::metrics::{Reason, XdsMetrics};
 use super::proto::core::Node;
 use super::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use super::proto::discovery::DeltaDiscoveryRequest;
@@ -58,21 +59,33 @@ pub async fn run(
     cfg: ClientConfig,
     sources: Arc<ConfigSources>,
     status: Arc<XdsStatus>,
+    metrics: XdsMetrics,
     stop: CancellationToken,
 ) {
     let mut session = Session::new(cfg.node.clone(), cfg.defaults.clone());
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let result = tokio::select! {
-            r = stream_once(&cfg, &mut session, &sources, &status) => r,
+            r = stream_once(&cfg, &mut session, &sources, &status, &metrics) => r,
             _ = stop.cancelled() => return,
         };
         let (error, got_response) = match result {
-            Ok(()) => ("stream closed by istiod".to_owned(), true),
+            Ok(()) => {
+                metrics.terminated(Reason::Complete);
+                ("stream closed by istiod".to_owned(), true)
+            }
             Err(StreamError {
                 error,
                 got_response,
-            }) => (format!("{error:#}"), got_response),
+                opened,
+            }) => {
+                metrics.terminated(if opened {
+                    Reason::Error
+                } else {
+                    Reason::ConnectionError
+                });
+                (format!("{error:#}"), got_response)
+            }
         };
         // A stream that worked is a normal reconnect (istiod's max connection age); only
         // repeated failures slow down.
@@ -93,6 +106,8 @@ pub async fn run(
 struct StreamError {
     error: anyhow::Error,
     got_response: bool,
+    /// The stream was open (else: could not connect or open it).
+    opened: bool,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for StreamError {
@@ -100,6 +115,7 @@ impl<E: Into<anyhow::Error>> From<E> for StreamError {
         StreamError {
             error: e.into(),
             got_response: false,
+            opened: false,
         }
     }
 }
@@ -169,6 +185,7 @@ async fn stream_once(
     session: &mut Session,
     sources: &ConfigSources,
     status: &XdsStatus,
+    metrics: &XdsMetrics,
 ) -> Result<(), StreamError> {
     let channel = channel(cfg).await?;
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
@@ -197,10 +214,12 @@ async fn stream_once(
                 return Err(StreamError {
                     error: anyhow!(e).context("xDS stream"),
                     got_response,
+                    opened: true,
                 })
             }
         };
         got_response = true;
+        metrics.received(&resp);
         let nonce = resp.nonce.clone();
         let (n_res, n_rm) = (resp.resources.len(), resp.removed_resources.len());
         let h = session.on_response(resp);
@@ -222,6 +241,7 @@ async fn stream_once(
             debug!(type_ = kind.name(), resources = n_res, removed = n_rm, %nonce, "xDS push applied");
         }
         if let Some(why) = &nack {
+            metrics.nacked(&h.reply.type_url);
             warn!(%nonce, error = %why, "NACK: resources refused, the rest of the push applied");
         }
         if h.became_synced {
@@ -231,6 +251,7 @@ async fn stream_once(
             return Err(StreamError {
                 error: anyhow!("request stream closed"),
                 got_response,
+                opened: true,
             });
         }
     }

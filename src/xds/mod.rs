@@ -10,3 +10,4 @@ mod node;
 pub mod status;
 pub use client::{run, ClientConfig};
 pub use convert::Defaults;
+pub mod metrics;
