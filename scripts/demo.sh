@@ -7,5 +7,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 scripts/setup-system.sh
+# The real control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, istiod) from
+# the pinned Go modules: tens of minutes the first time, then cached.
+MESHTUNNEL_CONTROLPLANE_DIR=$(bash scripts/build-controlplane.sh | tail -n 1)
+export MESHTUNNEL_CONTROLPLANE_DIR
 cargo build --release --locked --workspace --bins
 exec target/release/demo

@@ -10,6 +10,10 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 scripts/setup-system.sh
+# The real control plane the whole-system tests run on (etcd, kube-apiserver,
+# kube-controller-manager, kubectl, istiod), built from the pinned Go modules once and cached.
+MESHTUNNEL_CONTROLPLANE_DIR=$(bash scripts/build-controlplane.sh | tail -n 1)
+export MESHTUNNEL_CONTROLPLANE_DIR
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

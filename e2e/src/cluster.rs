@@ -1,7 +1,9 @@
 //! The whole-system "cluster" fixture: two nodes as network namespaces joined by a wire, each
-//! running a real `ztunnel` and a real `cni-agent run`, a Kubernetes API stand-in the agents
-//! watch and the real `kubectl` talks to, and an istiod stand-in that renders ztunnel's config
-//! from the pods. Pods are made the way a node makes them: the Pod object first, then a netns,
+//! running a real `ztunnel` and a real `cni-agent run`, a real Kubernetes control plane
+//! (etcd, kube-apiserver, kube-controller-manager and istiod, see the `controlplane` crate) that
+//! the agents watch and the real `kubectl` talks to, with Node objects for both nodes; and, until
+//! ztunnel's xDS client replaces it, an istiod stand-in that renders ztunnel's local config file
+//! from the real apiserver's pods. Pods are made the way a node makes them: the Pod object first, then a netns,
 //! then the node's CNI conflist (real `bridge` + `host-local`, with `meshtunnel-cni` chained in
 //! by the agent), then status.podIP. Enrolment is entirely the agent's doing.
 //!
@@ -24,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kube_standin::{KubeStandin, Resource};
+use controlplane::{Api, ControlPlane, Resource};
 use meshtunnel::identity::LocalCa;
 use meshtunnel::state::Protocol;
 use serde_json::{json, Value};
@@ -41,6 +43,9 @@ use process::Proc;
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const DATAPLANE_LABEL: &str = "istio.io/dataplane-mode";
+/// The agent's service account, as `manifests/cni-agent.yaml` names it.
+const AGENT_NAMESPACE: &str = "istio-system";
+const AGENT_SERVICE_ACCOUNT: &str = "meshtunnel-cni-agent";
 pub(crate) const READINESS_PORT: u16 = 15021;
 /// How often ztunnel re-reads its config file here.
 pub(crate) const CONFIG_POLL: Duration = Duration::from_millis(100);
@@ -78,7 +83,7 @@ pub struct Cluster {
     agents: Mutex<[Option<Proc>; 2]>,
     ztunnels: Mutex<[Option<Proc>; 2]>,
     pub nodes: [Node; 2],
-    pub api: Arc<KubeStandin>,
+    pub control_plane: Arc<ControlPlane>,
     pub kubectl: Kubectl,
     pub opts: ClusterOptions,
     prefix: String,
@@ -100,9 +105,8 @@ impl Cluster {
         let dir = tempfile::Builder::new()
             .prefix("meshtunnel-cluster-")
             .tempdir()?;
-        let api = Arc::new(KubeStandin::start("127.0.0.1:0".parse()?)?);
-        let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig)?;
+        let control_plane = Arc::new(ControlPlane::start(controlplane::Options { istiod: true })?);
+        let kubeconfig = control_plane.kubeconfig().to_owned();
         LocalCa::load_or_create(&dir.path().join("ca"), TRUST_DOMAIN)?;
         let nodes = node::build(&prefix, dir.path())?;
         let mut cluster = Cluster {
@@ -111,8 +115,11 @@ impl Cluster {
             agents: Mutex::new([None, None]),
             ztunnels: Mutex::new([None, None]),
             nodes,
-            api,
-            kubectl: Kubectl { kubeconfig },
+            kubectl: Kubectl {
+                kubeconfig,
+                binary: control_plane.kubectl_path(),
+            },
+            control_plane,
             opts,
             prefix,
             dir,
@@ -122,8 +129,13 @@ impl Cluster {
             .iter()
             .map(|n| cluster.config_path(n.id))
             .collect();
+        cluster.install_manifests()?;
+        for node in &cluster.nodes {
+            cluster.create_node_object(node)?;
+        }
         cluster.istiod = Some(istiod::Istiod::start(
-            cluster.api.clone(),
+            cluster.control_plane.clone(),
+            cluster.nodes.iter().map(|n| n.name.to_owned()).collect(),
             files,
             TRUST_DOMAIN.into(),
             Duration::from_millis(50),
@@ -167,22 +179,72 @@ impl Cluster {
 
     // ---- Kubernetes objects ----
 
+    /// The apiserver's JSON client (admin).
+    pub fn api(&self) -> &Api {
+        self.control_plane.api()
+    }
+
+    /// Applies every object in `manifests/` (server-side validated, as on a cluster), and
+    /// gives the agents a kubeconfig with a token of the manifests' own service account, so
+    /// the RBAC the agents run with is the one the manifests grant.
+    fn install_manifests(&self) -> Result<()> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        // manifests/README.md's order: the namespace first.
+        for file in ["namespace.yaml", "cni-agent.yaml", "ztunnel.yaml"] {
+            self.control_plane
+                .kubectl_run(&["apply", "--server-side", "-f", &path(file)])?;
+        }
+        let token = self.api().token(
+            AGENT_NAMESPACE,
+            AGENT_SERVICE_ACCOUNT,
+            &[],
+            None,
+            Duration::from_secs(24 * 3600),
+        )?;
+        self.control_plane
+            .write_token_kubeconfig(&self.agent_kubeconfig(), &token)
+    }
+
+    /// The kubeconfig the agents run with (their service account's token).
+    pub fn agent_kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("cni-agent.kubeconfig")
+    }
+
+    /// The Node object a kubelet registers: pods scheduled to it need it (the EndpointSlice
+    /// controller skips pods of unknown nodes), with its address on the wire.
+    fn create_node_object(&self, node: &Node) -> Result<()> {
+        self.api().create(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": node.wire_ip.to_string()}],
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            },
+        }))?;
+        Ok(())
+    }
+
     /// Creates a namespace with `labels`.
     pub fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<()> {
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-        self.api
+        self.api()
             .create(json!({
                 "apiVersion": "v1",
                 "kind": "Namespace",
                 "metadata": {"name": name, "labels": labels},
             }))
-            .map_err(|e| anyhow::anyhow!("creating namespace {name}: {e:?}"))?;
+            .with_context(|| format!("creating namespace {name}"))?;
         Ok(())
     }
 
     /// The pod object as the API has it now.
     pub fn pod_object(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.api.get(Resource::Pod, Some(namespace), name)
+        self.api()
+            .try_get(Resource::Pod, Some(namespace), name)
+            .ok()
+            .flatten()
     }
 
     /// The agent's redirection annotation on the pod, if any.

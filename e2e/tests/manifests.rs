@@ -162,38 +162,111 @@ fn readiness_probe_hits_the_port_ztunnel_serves() {
     );
 }
 
+/// Every object in manifests/ is accepted by a real apiserver (server-side validation and
+/// defaulting, which a YAML read cannot do), and the agent's service account, with a token of
+/// its own, may do exactly what the agent does: watch pods and namespaces, patch pods; and no
+/// more than that (no pod deletion, no secrets).
 #[test]
-fn agent_may_watch_namespaces_and_patch_pods() {
+fn manifests_apply_to_a_real_apiserver_and_grant_the_agent_what_it_uses() {
+    let cp =
+        controlplane::ControlPlane::start(controlplane::Options::default()).expect("control plane");
+    // In manifests/README.md's order.
+    let path = |f: &str| manifests_dir().join(f).to_str().unwrap().to_owned();
+    let mut applied = cp
+        .kubectl_run(&["apply", "--server-side", "-f", &path("namespace.yaml")])
+        .expect("the namespace applies");
+    let ca = tempfile::tempdir().unwrap();
+    meshtunnel::identity::LocalCa::load_or_create(ca.path(), "cluster.local").unwrap();
+    let config = manifests_dir().join("../examples/local-config.yaml");
+    cp.kubectl_run(&[
+        "-n",
+        "istio-system",
+        "create",
+        "configmap",
+        "ztunnel-local-config",
+        &format!("--from-file=config.yaml={}", config.display()),
+    ])
+    .expect("the local config ConfigMap");
+    cp.kubectl_run(&[
+        "-n",
+        "istio-system",
+        "create",
+        "secret",
+        "generic",
+        "ztunnel-ca",
+        &format!("--from-file={}", ca.path().join("root-cert.pem").display()),
+        &format!("--from-file={}", ca.path().join("ca-key.pem").display()),
+    ])
+    .expect("the CA Secret");
+    applied += &cp
+        .kubectl_run(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &path("cni-agent.yaml"),
+            "-f",
+            &path("ztunnel.yaml"),
+        ])
+        .expect("the agent and ztunnel manifests apply");
+    for docs in [
+        load("namespace.yaml"),
+        load("ztunnel.yaml"),
+        load("cni-agent.yaml"),
+    ] {
+        for doc in docs {
+            let name = doc["metadata"]["name"].as_str().unwrap();
+            assert!(
+                applied.contains(&format!("/{name} serverside-applied")),
+                "{name} not applied:\n{applied}"
+            );
+        }
+    }
+
     let docs = load("cni-agent.yaml");
-    let role = kind(&docs, "ClusterRole")[0];
-    let allows = |resource: &str, verb: &str| {
-        role["rules"].as_sequence().expect("rules").iter().any(|r| {
-            let has = |field: &str, want: &str| {
-                r[field]
-                    .as_sequence()
-                    .is_some_and(|s| s.iter().any(|v| v.as_str() == Some(want)))
-            };
-            has("resources", resource) && has("verbs", verb)
-        })
+    let sa = kind(&docs, "ServiceAccount")[0];
+    let (ns, name) = (
+        sa["metadata"]["namespace"].as_str().unwrap(),
+        sa["metadata"]["name"].as_str().unwrap(),
+    );
+    assert_eq!(
+        kind(&docs, "DaemonSet")[0]["spec"]["template"]["spec"]["serviceAccountName"].as_str(),
+        Some(name)
+    );
+    let token = cp
+        .api()
+        .token(ns, name, &[], None, std::time::Duration::from_secs(600))
+        .expect("token");
+    let kubeconfig = cp.dir().join("agent.kubeconfig");
+    cp.write_token_kubeconfig(&kubeconfig, &token).unwrap();
+    let can_i = |verb: &str, resource: &str| -> bool {
+        let out = Command::new(cp.kubectl_path())
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["auth", "can-i", verb, resource, "--all-namespaces"])
+            .output()
+            .expect("kubectl auth can-i");
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
     };
-    for (resource, verb) in [
-        ("pods", "watch"),
-        ("pods", "list"),
-        ("pods", "get"),
-        ("pods", "patch"),
-        ("namespaces", "watch"),
-        ("namespaces", "list"),
+    for (verb, resource) in [
+        ("watch", "pods"),
+        ("list", "pods"),
+        ("get", "pods"),
+        ("patch", "pods"),
+        ("watch", "namespaces"),
+        ("list", "namespaces"),
     ] {
         assert!(
-            allows(resource, verb),
-            "ClusterRole lacks {verb} on {resource}"
+            can_i(verb, resource),
+            "the agent's account may not {verb} {resource}"
         );
     }
-    let binding = kind(&docs, "ClusterRoleBinding")[0];
-    let sa = kind(&docs, "ServiceAccount")[0];
-    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
-    assert_eq!(
-        kind(&docs, "DaemonSet")[0]["spec"]["template"]["spec"]["serviceAccountName"],
-        sa["metadata"]["name"]
-    );
+    for (verb, resource) in [
+        ("delete", "pods"),
+        ("get", "secrets"),
+        ("patch", "namespaces"),
+    ] {
+        assert!(
+            !can_i(verb, resource),
+            "the agent's account may {verb} {resource}: more than it needs"
+        );
+    }
 }

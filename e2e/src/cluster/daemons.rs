@@ -22,7 +22,7 @@ impl Cluster {
         self.ztunnels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `cni-agent run` for `node`, in the host netns: it reaches the API stand-in on 127.0.0.1
+    /// `cni-agent run` for `node`, in the host netns: it reaches the apiserver on 127.0.0.1
     /// and pods through their netns paths and Unix sockets.
     pub fn start_agent(&self, id: NodeId) -> Result<()> {
         let node = self.node(id);
@@ -31,7 +31,7 @@ impl Cluster {
         let mut cmd = std::process::Command::new(bin);
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("KUBECONFIG", &self.kubectl.kubeconfig)
+            .env("KUBECONFIG", self.agent_kubeconfig())
             .env("NODE_NAME", node.name)
             .env("RUST_LOG", &self.opts.log_level)
             .env("CNI_BIN_DIR", node.cni_bin_dir())

@@ -1,4 +1,4 @@
-//! The istiod stand-in: turns the pods in the Kubernetes API stand-in into ztunnel's local
+//! The istiod stand-in: turns the pods in the real apiserver into ztunnel's local
 //! config (upstream's local-config schema, see `meshtunnel::config`) and rewrites every
 //! ztunnel's file when they change. Like istiod, it reads the redirection annotation the node
 //! agent sets: a pod whose traffic is captured speaks HBONE, every other pod plain TCP.
@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kube_standin::{KubeStandin, Resource};
+use controlplane::{ControlPlane, Resource};
 use meshtunnel::state::{Policy, Scope};
 use serde_json::{json, Value};
 
@@ -108,7 +108,7 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
-/// Watches the API stand-in's pods and its own policies and re-renders every config file on
+/// Polls the apiserver's pods (those on this cluster's nodes) and its own policies and re-renders every config file on
 /// change.
 pub struct Istiod {
     policies: Arc<Mutex<Vec<AuthzPolicy>>>,
@@ -120,7 +120,8 @@ impl Istiod {
     /// Writes the files once, synchronously (ztunnel needs them to start), then keeps them
     /// current from a background thread.
     pub fn start(
-        api: Arc<KubeStandin>,
+        control_plane: Arc<ControlPlane>,
+        nodes: Vec<String>,
         files: Vec<PathBuf>,
         trust_domain: String,
         every: Duration,
@@ -129,7 +130,16 @@ impl Istiod {
         let current = policies.clone();
         let render_all = move |last: &mut String| -> Result<()> {
             let policies = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let text = render(&api.list(Resource::Pod, None), &policies, &trust_domain)?;
+            let pods: Vec<Value> = control_plane
+                .api()
+                .list(Resource::Pod, None)?
+                .into_iter()
+                .filter(|p| {
+                    let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+                    nodes.iter().any(|n| n == node)
+                })
+                .collect();
+            let text = render(&pods, &policies, &trust_domain)?;
             if text != *last {
                 for f in &files {
                     write_atomically(f, &text)?;

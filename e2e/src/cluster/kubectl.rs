@@ -1,4 +1,4 @@
-//! The real `kubectl`, pointed at the API stand-in through a kubeconfig file.
+//! The real `kubectl` (built with the apiserver), pointed at it through a kubeconfig file.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -8,11 +8,12 @@ use anyhow::{bail, Context, Result};
 #[derive(Clone, Debug)]
 pub struct Kubectl {
     pub kubeconfig: PathBuf,
+    pub binary: PathBuf,
 }
 
 impl Kubectl {
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
+        let mut cmd = Command::new(&self.binary);
         cmd.env("KUBECONFIG", &self.kubeconfig)
             // kubectl caches discovery under $HOME; keep it out of the user's home.
             .env("KUBECACHEDIR", self.kubeconfig.with_file_name("kube-cache"))
@@ -24,7 +25,7 @@ impl Kubectl {
     pub fn run(&self, args: &[&str]) -> Result<Output> {
         self.command(args)
             .output()
-            .context("running kubectl (is it installed?)")
+            .with_context(|| format!("running {}", self.binary.display()))
     }
 
     /// Runs kubectl and returns stdout; an error carries stderr.

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, MutexGuard};
 
 use anyhow::{Context, Result};
-use kube_standin::Resource;
+use controlplane::Resource;
 use serde_json::{json, Value};
 use test_support::{Netns, NodeId};
 
@@ -67,7 +67,6 @@ impl PodSpec {
                 "hostNetwork": self.host_network,
                 "containers": [{"name": "app", "image": "busybox"}],
             },
-            "status": {"phase": "Pending"},
         })
     }
 }
@@ -109,9 +108,9 @@ impl Cluster {
     /// Creates the Pod object, then starts its sandbox (see [`Cluster::start_sandbox`]). If the
     /// sandbox fails, the object stays (Pending), as it would in a cluster.
     pub fn create_pod(&self, spec: &PodSpec) -> Result<Arc<Pod>> {
-        self.api
+        self.api()
             .create(spec.object(self.node(spec.node).name))
-            .map_err(|e| anyhow::anyhow!("creating pod {}/{}: {e:?}", spec.namespace, spec.name))?;
+            .with_context(|| format!("creating pod {}/{}", spec.namespace, spec.name))?;
         self.start_sandbox(&spec.namespace, &spec.name)
     }
 
@@ -193,9 +192,9 @@ impl Cluster {
         let pod = Arc::new(pod);
         // Registered before the status write, so a failure below still tears the sandbox down.
         self.lock_pods().push(pod.clone());
-        self.api
-            .merge_patch(Resource::Pod, Some(namespace), name, &status)
-            .map_err(|e| anyhow::anyhow!("setting status of {namespace}/{name}: {e:?}"))?;
+        self.api()
+            .patch_status(Resource::Pod, Some(namespace), name, &status)
+            .with_context(|| format!("setting status of {namespace}/{name}"))?;
         Ok(pod)
     }
 
@@ -227,9 +226,9 @@ impl Cluster {
             pods.remove(i)
         };
         let del = self.teardown(&pod);
-        self.api
+        self.api()
             .delete(Resource::Pod, Some(namespace), name)
-            .map_err(|e| anyhow::anyhow!("deleting {namespace}/{name}: {e:?}"))?;
+            .with_context(|| format!("deleting {namespace}/{name}"))?;
         del
     }
 

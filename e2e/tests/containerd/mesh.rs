@@ -1,6 +1,8 @@
-//! meshtunnel on a [`CriNode`]: the Kubernetes API stand-in, `ztunnel` and `cni-agent run`, each
-//! as the real binary inside the node netns. Started in the order a node brings them up: API,
-//! agent (which chains the plugin into the node's conflist), ztunnel, then the runtime.
+//! meshtunnel on a [`CriNode`]: a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager; the `controlplane` crate) of this node's own, and `ztunnel` and
+//! `cni-agent run`, each as the real binary inside the node netns, where the apiserver is reached
+//! through a port forward. Started in the order a node brings them up: API, agent (which chains
+//! the plugin into the node's conflist), ztunnel, then the runtime.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
@@ -9,11 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kube_standin::{KubeStandin, Resource};
+use controlplane::{ControlPlane, Forward, Options, Resource};
 use meshtunnel::identity::LocalCa;
 use meshtunnel_e2e::mesh::find_binary;
 use serde_json::{json, Value};
-use test_support::{run_in, ChildGuard};
+use test_support::ChildGuard;
 
 use super::CriNode;
 
@@ -25,32 +27,41 @@ const READINESS_PORT: u16 = 15021;
 pub const AGENT_TIMEOUT_MS: u64 = 20_000;
 
 pub struct NodeMesh {
-    // Drop order: agent, ztunnel, API.
+    // Drop order: agent, ztunnel, the forward, the API.
     agent: Option<ChildGuard>,
     ztunnel: Option<ChildGuard>,
-    pub kube: KubeStandin,
+    _forward: Forward,
+    pub control_plane: ControlPlane,
     pub node_name: String,
     dir: PathBuf,
 }
 
 impl NodeMesh {
-    /// The API stand-in, listening inside the node netns (where the agent runs), and the CA
-    /// and (empty) config ztunnel will read.
+    /// The control plane, its apiserver forwarded into the node netns (where the agent runs)
+    /// on the same port, and the CA and (empty) config ztunnel will read.
     pub fn new(node: &CriNode) -> Result<NodeMesh> {
-        let kube = run_in(node.netns(), || {
-            KubeStandin::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        })?;
+        let control_plane = ControlPlane::start(Options::default())?;
+        let server: SocketAddr = control_plane
+            .server()
+            .trim_start_matches("https://")
+            .parse()?;
+        let forward = Forward::start(&node.netns().path(), server, server)?;
         let dir = node.root().join("mesh");
         std::fs::create_dir_all(&dir)?;
-        kube.write_kubeconfig(&dir.join("kubeconfig"))?;
+        std::fs::copy(control_plane.kubeconfig(), dir.join("kubeconfig"))?;
         LocalCa::load_or_create(&dir.join("ca"), TRUST_DOMAIN)?;
         let mesh = NodeMesh {
             agent: None,
             ztunnel: None,
-            kube,
+            _forward: forward,
+            control_plane,
             node_name: format!("{}-node", node.prefix()),
             dir,
         };
+        mesh.control_plane
+            .api()
+            .create(json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": mesh.node_name}}))?;
         mesh.write_ztunnel_config(&[])?;
         Ok(mesh)
     }
@@ -90,9 +101,11 @@ impl NodeMesh {
 
     /// A namespace, with `labels`.
     pub fn namespace(&self, name: &str, labels: Value) -> Result<()> {
-        self.kube
-            .create(json!({"kind": "Namespace", "metadata": {"name": name, "labels": labels}}))
-            .map_err(|e| anyhow::anyhow!("creating namespace {name}: {e:?}"))?;
+        self.control_plane
+            .api()
+            .create(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels}}))
+            .with_context(|| format!("creating namespace {name}"))?;
         Ok(())
     }
 
@@ -100,8 +113,10 @@ impl NodeMesh {
     /// starts its sandbox; returns the uid the API server gave it.
     pub fn pod(&self, namespace: &str, name: &str, service_account: &str) -> Result<String> {
         let obj = self
-            .kube
+            .control_plane
+            .api()
             .create(json!({
+                "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
                 "spec": {
@@ -109,9 +124,8 @@ impl NodeMesh {
                     "serviceAccountName": service_account,
                     "containers": [{"name": "app", "image": "example.invalid/app:1"}],
                 },
-                "status": {"phase": "Pending"},
             }))
-            .map_err(|e| anyhow::anyhow!("creating pod {namespace}/{name}: {e:?}"))?;
+            .with_context(|| format!("creating pod {namespace}/{name}"))?;
         obj.pointer("/metadata/uid")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -121,29 +135,33 @@ impl NodeMesh {
     /// What the kubelet reports once the sandbox is up: the pod's IP, phase Running.
     pub fn pod_running(&self, namespace: &str, name: &str, ip: &str) -> Result<()> {
         let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
-        self.kube
-            .merge_patch(Resource::Pod, Some(namespace), name, &status)
-            .map_err(|e| anyhow::anyhow!("patching the status of {namespace}/{name}: {e:?}"))?;
+        self.control_plane
+            .api()
+            .patch_status(Resource::Pod, Some(namespace), name, &status)
+            .with_context(|| format!("patching the status of {namespace}/{name}"))?;
         Ok(())
     }
 
     /// Replaces the namespace's labels with `labels` (a merge patch; `null` values remove).
     pub fn label_namespace(&self, name: &str, labels: Value) -> Result<()> {
-        self.kube
+        self.control_plane
+            .api()
             .merge_patch(
                 Resource::Namespace,
                 None,
                 name,
                 &json!({"metadata": {"labels": labels}}),
             )
-            .map_err(|e| anyhow::anyhow!("labelling namespace {name}: {e:?}"))?;
+            .with_context(|| format!("labelling namespace {name}"))?;
         Ok(())
     }
 
     /// The pod's `ambient.istio.io/redirection` annotation.
     pub fn redirection(&self, namespace: &str, name: &str) -> Option<String> {
-        self.kube
-            .get(Resource::Pod, Some(namespace), name)?
+        self.control_plane
+            .api()
+            .try_get(Resource::Pod, Some(namespace), name)
+            .ok()??
             .pointer("/metadata/annotations")?
             .get(REDIRECTION_ANNOTATION)?
             .as_str()

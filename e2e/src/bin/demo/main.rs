@@ -1,5 +1,6 @@
-//! The local mesh demo, driven by a namespace label as in a cluster: a Kubernetes API stand-in
-//! with the real `kubectl`, two nodes with a real `cni-agent` and `ztunnel` each, pods made by
+//! The local mesh demo, driven by a namespace label as in a cluster: a real control plane
+//! (etcd, kube-apiserver, kube-controller-manager and istiod, built from their Go modules) with
+//! the real `kubectl`, two nodes with a real `cni-agent` and `ztunnel` each, pods made by
 //! the real CNI chain (bridge + host-local + meshtunnel-cni). It shows plain TCP between pods,
 //! labels the namespace, shows the same traffic crossing the wire as HBONE (from a packet
 //! capture), shows ztunnel's metrics, an authorization policy and the debug CLI at work, and
@@ -61,7 +62,7 @@ fn run() -> Result<()> {
     let started = Instant::now();
 
     println!(
-        "== a two-node cluster: Kubernetes API stand-in, and per node a cni-agent and a ztunnel"
+        "== a two-node cluster: etcd, kube-apiserver, kube-controller-manager and istiod, and per node a cni-agent and a ztunnel"
     );
     let cluster = Cluster::start(ClusterOptions {
         log_level: "info,meshtunnel::proxy=debug".into(),
@@ -76,6 +77,10 @@ fn run() -> Result<()> {
             chain(&cluster, n.id)
         );
     }
+    check()?;
+    kubectl(&cluster, &["version"])?;
+    kubectl(&cluster, &["get", "nodes", "-o", "wide"])?;
+    observe::crds(&cluster)?;
     check()?;
 
     kubectl(&cluster, &["create", "namespace", NS])?;
@@ -126,6 +131,7 @@ fn run() -> Result<()> {
     )?;
     // The istiod stand-in republishes the captured pods as HBONE workloads.
     cluster.wait_config(&[&a1, &a2, &b1], Protocol::Hbone, Duration::from_secs(20))?;
+    observe::istiod_view(&cluster, NS)?;
     check()?;
 
     let size = 4 * 1024 * 1024;
@@ -202,8 +208,8 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Prints and runs the real kubectl against the stand-in.
-fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<()> {
+/// Prints and runs the real kubectl against the apiserver.
+pub(crate) fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<()> {
     println!("$ kubectl {}", shell_words(args));
     let out = cluster.kubectl.run(args)?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {

@@ -210,3 +210,74 @@ mod tests {
         assert_eq!(sample("up 1").unwrap().2, 1.0);
     }
 }
+
+/// The CRDs installed with the control plane: Istio's and Gateway API's.
+pub fn crds(cluster: &Cluster) -> Result<()> {
+    println!("\n== CRDs installed (Istio's and Gateway API's, from their Go modules)");
+    let out = cluster.kubectl.ok(&["get", "crd", "-o", "name"])?;
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in out.lines() {
+        let name = name.trim_start_matches("customresourcedefinition.apiextensions.k8s.io/");
+        if let Some((kind, group)) = name.split_once('.') {
+            groups
+                .entry(group.to_owned())
+                .or_default()
+                .push(kind.to_owned());
+        }
+    }
+    for (group, kinds) in groups {
+        println!("   {group}: {}", kinds.join(", "));
+    }
+    Ok(())
+}
+
+/// istiod's own view of the namespace's pods (its `/debug/ambientz` endpoint): the workloads
+/// it pushes to ztunnels, named the istiod way, HBONE once the agent has captured them.
+pub fn istiod_view(cluster: &Cluster, namespace: &str) -> Result<()> {
+    let istiod = cluster
+        .control_plane
+        .istiod()
+        .context("control plane without istiod")?;
+    println!(
+        "\n== istiod's view (GET {}/debug/ambientz): workloads in namespace {namespace}",
+        istiod.http
+    );
+    let text = cluster.control_plane.istiod_debug("/debug/ambientz")?;
+    let doc: serde_json::Value = serde_json::from_str(&text).context("ambientz is not JSON")?;
+    let mut rows = Vec::new();
+    collect_workloads(&doc, &format!("/Pod/{namespace}/"), &mut rows);
+    rows.sort();
+    rows.dedup();
+    for row in rows {
+        println!("   {row}");
+    }
+    Ok(())
+}
+
+fn collect_workloads(v: &serde_json::Value, needle: &str, rows: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            if let Some(uid) = o.get("uid").and_then(|u| u.as_str()) {
+                if uid.contains(needle) {
+                    // proto3 JSON leaves defaults out: no tunnelProtocol is plain TCP.
+                    let field = |k: &str, default: &str| {
+                        o.get(k)
+                            .and_then(|v| v.as_str())
+                            .unwrap_or(default)
+                            .to_owned()
+                    };
+                    rows.push(format!(
+                        "{uid}  protocol={} node={} status={}",
+                        field("tunnelProtocol", "TCP"),
+                        field("node", "-"),
+                        field("status", "HEALTHY")
+                    ));
+                    return;
+                }
+            }
+            o.values().for_each(|v| collect_workloads(v, needle, rows));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_workloads(v, needle, rows)),
+        _ => {}
+    }
+}
