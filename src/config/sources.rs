@@ -55,12 +55,23 @@ impl ConfigSources {
 
     /// One handled xDS response. Ignored when xDS is not a source.
     pub fn apply_xds(&self, kind: Kind, change: Change) {
+        self.apply_xds_batch([(kind, change)]);
+    }
+
+    /// Several handled responses, in order, published as one snapshot.
+    pub fn apply_xds_batch(&self, changes: impl IntoIterator<Item = (Kind, Change)>) {
         let mut inner = self.lock();
         let Some(xds) = inner.xds.as_mut() else {
             return;
         };
-        xds.apply(kind, change);
-        self.publish(&mut inner);
+        let mut any = false;
+        for (kind, change) in changes {
+            xds.apply(kind, change);
+            any = true;
+        }
+        if any {
+            self.publish(&mut inner);
+        }
     }
 
     /// Entries left out of (or addresses not indexed in) the current snapshot, and why.
@@ -165,6 +176,13 @@ mod tests {
             .current()
             .workload_by_ip("10.0.0.3".parse().unwrap())
             .is_some());
+        let before = state.generation();
+        s.apply_xds_batch([
+            (Kind::Address, upsert("y", w("y", "10.0.0.5"))),
+            (Kind::Address, upsert("z", w("z", "10.0.0.6"))),
+        ]);
+        assert_eq!(state.generation(), before + 1, "one snapshot for the batch");
+        assert!(state.current().workload_by_uid("z").is_some());
         s.set_file(ConfigSnapshot::empty());
         let cur = state.current();
         assert!(cur.workload_by_uid("f").is_none());

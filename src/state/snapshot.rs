@@ -151,11 +151,22 @@ impl ConfigSnapshot {
         policies: impl IntoIterator<Item = Arc<Policy>>,
         conflict: &mut dyn FnMut(SnapshotError) -> bool,
     ) -> Self {
+        let workloads = workloads.into_iter();
         let mut s = ConfigSnapshot::default();
-        let mut uid_pos = HashMap::new();
-        let mut ip_pos = HashMap::new();
-        for (i, w) in workloads.into_iter().enumerate() {
-            if let Some(&first) = uid_pos.get(&w.uid) {
+        s.by_uid.reserve(workloads.size_hint().0);
+        s.by_ip.reserve(workloads.size_hint().0);
+        // Input position of each accepted workload, to name the first of a conflicting pair
+        // (looked up only when there is a conflict, so the common path hashes each key once).
+        let mut accepted_pos = Vec::with_capacity(workloads.size_hint().0);
+        let first_pos = |s: &ConfigSnapshot, held: &Arc<Workload>, pos: &[usize]| {
+            s.workloads
+                .iter()
+                .position(|x| Arc::ptr_eq(x, held))
+                .map_or(0, |j| pos[j])
+        };
+        for (i, w) in workloads.enumerate() {
+            if let Some(held) = s.by_uid.get(&w.uid) {
+                let first = first_pos(&s, held, &accepted_pos);
                 let go_on = conflict(SnapshotError::DuplicateUid {
                     uid: w.uid.clone(),
                     first,
@@ -166,15 +177,16 @@ impl ConfigSnapshot {
                 }
                 return s;
             }
-            uid_pos.insert(w.uid.clone(), i);
             // Host-network pods carry their node's IP; indexing it would claim the node.
             if w.network_mode == NetworkMode::Standard {
                 for ip in &w.workload_ips {
-                    match ip_pos.entry(*ip) {
+                    match s.by_ip.entry(*ip) {
                         Entry::Occupied(e) => {
+                            let held = e.get().clone();
+                            let first = first_pos(&s, &held, &accepted_pos);
                             let go_on = conflict(SnapshotError::DuplicateWorkloadIp {
                                 ip: *ip,
-                                first: *e.get(),
+                                first,
                                 second: i,
                             });
                             if !go_on {
@@ -182,14 +194,14 @@ impl ConfigSnapshot {
                             }
                         }
                         Entry::Vacant(e) => {
-                            e.insert(i);
-                            s.by_ip.insert(*ip, w.clone());
+                            e.insert(w.clone());
                         }
                     }
                 }
             }
             s.by_uid.insert(w.uid.clone(), w.clone());
             s.workloads.push(w);
+            accepted_pos.push(i);
         }
 
         let mut key_pos = HashMap::new();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context};
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -26,6 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// istiod's full push for a big cluster can be large; upstream allows 200 MiB.
 const MAX_MESSAGE: usize = 200 * 1024 * 1024;
+/// At most this many waiting responses are applied with one snapshot rebuild.
+const MAX_BATCH: usize = 64;
 
 /// Everything a connection needs, fixed at start.
 pub struct ClientConfig {
@@ -207,7 +210,7 @@ async fn stream_once(
     status.connected(SystemTime::now());
     let mut got_response = false;
     loop {
-        let resp = match inbound.message().await {
+        let first = match inbound.message().await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -219,40 +222,73 @@ async fn stream_once(
             }
         };
         got_response = true;
-        metrics.received(&resp);
-        let nonce = resp.nonce.clone();
-        let (n_res, n_rm) = (resp.resources.len(), resp.removed_resources.len());
-        let h = session.on_response(resp);
-        let nack = h.reply.error_detail.as_ref().map(|e| e.message.clone());
-        if let Some(kind) = h.kind {
-            // Applied before the ACK goes out: an ACK means "in force".
-            sources.apply_xds(kind, h.change);
-            status.pushed(
-                Push {
-                    kind,
-                    system_version: &h.system_version,
-                    nonce: &nonce,
-                    held: session.held(kind),
-                    nack: nack.as_deref(),
-                },
-                session.synced(),
-                SystemTime::now(),
-            );
-            debug!(type_ = kind.name(), resources = n_res, removed = n_rm, %nonce, "xDS push applied");
+        // Responses already waiting are applied together, so a burst of small pushes costs one
+        // snapshot rebuild instead of one each; bounded so the ACKs do not wait long.
+        let mut batch = vec![first];
+        let mut end = None;
+        while batch.len() < MAX_BATCH {
+            match inbound.message().now_or_never() {
+                Some(Ok(Some(r))) => batch.push(r),
+                Some(Ok(None)) => {
+                    end = Some(Ok(()));
+                    break;
+                }
+                Some(Err(e)) => {
+                    end = Some(Err(StreamError {
+                        error: anyhow!(e).context("xDS stream"),
+                        got_response,
+                        opened: true,
+                    }));
+                    break;
+                }
+                None => break,
+            }
         }
-        if let Some(why) = &nack {
-            metrics.nacked(&h.reply.type_url);
-            warn!(%nonce, error = %why, "NACK: resources refused, the rest of the push applied");
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for resp in batch {
+            metrics.received(&resp);
+            let nonce = resp.nonce.clone();
+            let (n_res, n_rm) = (resp.resources.len(), resp.removed_resources.len());
+            let h = session.on_response(resp);
+            let nack = h.reply.error_detail.as_ref().map(|e| e.message.clone());
+            if let Some(kind) = h.kind {
+                status.pushed(
+                    Push {
+                        kind,
+                        system_version: &h.system_version,
+                        nonce: &nonce,
+                        held: session.held(kind),
+                        nack: nack.as_deref(),
+                    },
+                    session.synced(),
+                    SystemTime::now(),
+                );
+                debug!(type_ = kind.name(), resources = n_res, removed = n_rm, %nonce, "xDS push received");
+                changes.push((kind, h.change));
+            }
+            if let Some(why) = &nack {
+                metrics.nacked(&h.reply.type_url);
+                warn!(%nonce, error = %why, "NACK: resources refused, the rest of the push applied");
+            }
+            if h.became_synced {
+                info!("first xDS push of every type applied");
+            }
+            replies.push(h.reply);
         }
-        if h.became_synced {
-            info!("first xDS push of every type applied");
+        // Applied before the ACKs go out: an ACK means "in force".
+        sources.apply_xds_batch(changes);
+        for reply in replies {
+            if tx.send(reply).await.is_err() {
+                return Err(StreamError {
+                    error: anyhow!("request stream closed"),
+                    got_response,
+                    opened: true,
+                });
+            }
         }
-        if tx.send(h.reply).await.is_err() {
-            return Err(StreamError {
-                error: anyhow!("request stream closed"),
-                got_response,
-                opened: true,
-            });
+        if let Some(end) = end {
+            return end;
         }
     }
 }
