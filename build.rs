@@ -21,5 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto", wkt.as_str()],
         )?;
+    // The Istio CA client; ztunnel is only ever the client of this service.
+    println!("cargo:rerun-if-changed=proto/istio_ca.proto");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/istio_ca.proto"], &["proto/"])?;
     Ok(())
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use meshtunnel::authz::{evaluate, ConnInfo, LiveConns, Verdict};
 use meshtunnel::state::{
-    Action, ConfigSnapshot, Match, Policy, Scope, State, StringMatch, Workload,
+    Action, ConfigSnapshot, LocalPod, Match, Policy, Scope, State, StringMatch, Workload,
+    WorkloadInfo,
 };
 
 const POLICIES: usize = 10_000;
@@ -55,10 +56,23 @@ fn workload() -> Workload {
         uid: "dst".into(),
         name: "dst".into(),
         namespace: "demo".into(),
+        node: "node-a".into(),
         trust_domain: "cluster.local".into(),
         workload_ips: vec!["10.0.0.2".parse().unwrap()],
         ..Default::default()
     }
+}
+
+/// The pod as ZDS hands it over: finds `workload()` by name, namespace, account and node.
+fn pod() -> LocalPod {
+    LocalPod::new(
+        "node-a",
+        WorkloadInfo {
+            name: "dst".into(),
+            namespace: "demo".into(),
+            service_account: String::new(),
+        },
+    )
 }
 
 fn conn() -> ConnInfo {
@@ -153,17 +167,22 @@ fn main() {
 
     // Re-check after a reload: 10,000 live connections, typical policy set.
     let state = State::new(spread(true));
+    let me = pod();
+    assert!(
+        me.find(&state.current()).is_some(),
+        "the pod must find its workload"
+    );
     let live = LiveConns::new();
     let admitted: Vec<_> = (0..10_000u32)
         .map(|i| {
             let mut c = conn();
             c.src_ip = IpAddr::from((0x0a01_0000u32 + i).to_be_bytes());
-            live.admit(&state, "dst", c, "bench").ok().unwrap()
+            live.admit(&state, "dst", &me, c, "bench").ok().unwrap()
         })
         .collect();
     let s = state.current();
     let ns = time(Duration::from_millis(700), || {
-        black_box(live.recheck(black_box(&s), "dst"));
+        black_box(live.recheck(black_box(&s), "dst", &me));
     });
     println!(
         "{:<72} {:>12.2} ms/re-check",
@@ -177,11 +196,11 @@ fn main() {
         .map(|i| {
             let mut c = conn();
             c.src_ip = IpAddr::from((0x0a01_0000u32 + i % 10).to_be_bytes());
-            few.admit(&state, "dst", c, "bench").ok().unwrap()
+            few.admit(&state, "dst", &me, c, "bench").ok().unwrap()
         })
         .collect();
     let ns = time(Duration::from_millis(700), || {
-        black_box(few.recheck(black_box(&s), "dst"));
+        black_box(few.recheck(black_box(&s), "dst", &me));
     });
     println!(
         "{:<72} {:>12.2} ms/re-check",
@@ -193,7 +212,7 @@ fn main() {
     // Admission = list + decide + unlist, the per-connection overhead on the inbound path.
     let state = Arc::new(State::new(spread(true)));
     let ns = time(Duration::from_millis(700), || {
-        black_box(live.admit(&state, "dst", conn(), "bench").ok());
+        black_box(live.admit(&state, "dst", &me, conn(), "bench").ok());
     });
     println!(
         "{:<72} {:>12.0} ns/connection",

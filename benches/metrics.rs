@@ -39,6 +39,8 @@ fn main() {
     let src_w = workload(0);
     let pod = metrics.pod(&src_w.uid, &src_w.name, &src_w.namespace, src_w.identity());
     let src: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+    // The pod's own workload, as its proxy finds it once per connection.
+    let me = snap.workload_by_uid(&src_w.uid).map(|w| &**w);
     let dst = |i: usize| {
         SocketAddr::new(
             snap.workload_by_uid(&workload(i).uid).unwrap().workload_ips[0],
@@ -53,13 +55,13 @@ fn main() {
     // Same peer every time: the steady state of a pod talking to one service.
     let up = resolve(1);
     for _ in 0..10_000 {
-        pod.outbound(&snap, src, dst(1), Some(&up))
+        pod.outbound(&snap, me, src, dst(1), Some(&up))
             .finish(Ok::<(), std::io::Error>(()));
     }
     let n = 200_000;
     let t = Instant::now();
     for _ in 0..n {
-        pod.outbound(&snap, src, dst(1), Some(&up))
+        pod.outbound(&snap, me, src, dst(1), Some(&up))
             .finish(Ok::<(), std::io::Error>(()));
     }
     println!(
@@ -70,13 +72,13 @@ fn main() {
     // A different peer each time, series already there (1,000 live series).
     let ups: Vec<_> = (0..peers).map(resolve).collect();
     for (i, u) in ups.iter().enumerate() {
-        pod.outbound(&snap, src, dst(i), Some(u))
+        pod.outbound(&snap, me, src, dst(i), Some(u))
             .finish(Ok::<(), std::io::Error>(()));
     }
     let t = Instant::now();
     for k in 0..n {
         let i = k % peers;
-        pod.outbound(&snap, src, dst(i), Some(&ups[i]))
+        pod.outbound(&snap, me, src, dst(i), Some(&ups[i]))
             .finish(Ok::<(), std::io::Error>(()));
     }
     println!(
@@ -89,7 +91,7 @@ fn main() {
     let pod2 = fresh.pod(&src_w.uid, &src_w.name, &src_w.namespace, src_w.identity());
     let t = Instant::now();
     for (i, u) in ups.iter().enumerate() {
-        pod2.outbound(&snap, src, dst(i), Some(u))
+        pod2.outbound(&snap, me, src, dst(i), Some(u))
             .finish(Ok::<(), std::io::Error>(()));
     }
     println!(
@@ -98,7 +100,7 @@ fn main() {
     );
 
     // One byte-counter update, as the copy loop does per chunk.
-    let c = pod.outbound(&snap, src, dst(1), Some(&up));
+    let c = pod.outbound(&snap, me, src, dst(1), Some(&up));
     let n = 20_000_000;
     let t = Instant::now();
     for _ in 0..n {
@@ -116,7 +118,7 @@ fn main() {
             let (pod, snap, up) = (pod.clone(), &snap, up.clone());
             s.spawn(move || {
                 for _ in 0..n {
-                    pod.outbound(snap, src, dst(1), Some(&up))
+                    pod.outbound(snap, me, src, dst(1), Some(&up))
                         .finish(Ok::<(), std::io::Error>(()));
                 }
             });

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::config::{self, Settings};
 use crate::hbone::H2Settings;
-use crate::identity::{CertManager, LocalCa, TlsContext};
-use crate::inpod::{self, PodInfo, ProxyConfig, WorkloadManager};
+use crate::identity::{CertManager, CertSource, IstioCa, IstioCaSettings, LocalCa, TlsContext};
+use crate::inpod::{self, ProxyConfig, WorkloadManager};
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::proxy::Ports;
@@ -60,9 +60,10 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
         ));
     }
 
-    let ca = LocalCa::load_or_create(&settings.local_ca_dir, &settings.trust_domain)?;
-    let tls = TlsContext::new(&[ca.root().clone()], &settings.trust_domain)?;
-    let certs = CertManager::new(Arc::new(ca), settings.cert_ttl);
+    let (source, roots) = cert_source(&settings)?;
+    let tls = TlsContext::new(&roots, &settings.trust_domain)?;
+    tracing::info!(source = %source.describe(), "workload certificates");
+    let certs = CertManager::new(source, settings.cert_ttl);
 
     let manager = WorkloadManager::new(
         ProxyConfig {
@@ -152,6 +153,36 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Istio CA when one is configured (CA_ADDRESS, else XDS_ADDRESS), else the local CA; and
+/// the roots the mesh trusts with it.
+fn cert_source(
+    settings: &Settings,
+) -> anyhow::Result<(CertSource, Vec<rustls::pki_types::CertificateDer<'static>>)> {
+    let Some(address) = settings.istio_ca_address() else {
+        let ca = LocalCa::load_or_create(&settings.local_ca_dir, &settings.trust_domain)?;
+        let roots = ca.roots().to_vec();
+        return Ok((CertSource::Local(Arc::new(ca)), roots));
+    };
+    let pem = std::fs::read(&settings.ca_root_ca)
+        .with_context(|| format!("CA_ROOT_CA {}", settings.ca_root_ca.display()))?;
+    let roots = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("CA_ROOT_CA {}", settings.ca_root_ca.display()))?;
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "CA_ROOT_CA {} holds no PEM certificate",
+        settings.ca_root_ca.display()
+    );
+    let ca = IstioCa::new(IstioCaSettings {
+        address,
+        root_ca: settings.ca_root_ca.clone(),
+        alt_hostname: settings.alt_ca_hostname.clone(),
+        token_path: settings.ca_token_path.clone(),
+        cluster_id: settings.cluster_id.clone(),
+    })?;
+    Ok((CertSource::Istio(Arc::new(ca)), roots))
+}
+
 /// Adapts the ZDS protocol's callbacks to the pod proxy manager.
 struct ZdsHandler(Arc<WorkloadManager>);
 
@@ -162,12 +193,7 @@ impl zds::WorkloadHandler for ZdsHandler {
         info: zds::WorkloadInfo,
         netns: std::os::fd::OwnedFd,
     ) -> Result<(), String> {
-        let info = PodInfo {
-            name: info.name,
-            namespace: info.namespace,
-            service_account: info.service_account,
-        };
-        self.0.add(uid, info, netns)
+        self.0.add(uid, info, netns).await
     }
 
     async fn del(&self, uid: &str) -> Result<(), String> {

@@ -30,7 +30,7 @@ async fn fixture(settings: H2Settings) -> Fixture {
     let tls = TlsContext::new(&[ca.root().clone()], "cluster.local").unwrap();
     let certs = CertManager::new(ca, Duration::from_secs(3600));
     let server_cfg = tls
-        .server_config(certs.get(&id("server")).unwrap())
+        .server_config(certs.get(&id("server")).await.unwrap())
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -66,7 +66,7 @@ async fn fixture(settings: H2Settings) -> Fixture {
             });
         }
     });
-    let client_slot = certs.get(&id("client")).unwrap();
+    let client_slot = certs.get(&id("client")).await.unwrap();
     let dialer: hbone::Dialer = Arc::new(move |key: PoolKey| {
         let cfg = tls
             .client_config(client_slot.clone(), key.dst.clone())

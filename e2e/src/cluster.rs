@@ -13,6 +13,7 @@
 mod cni;
 mod daemons;
 mod istiod;
+mod istiod_access;
 mod kubectl;
 mod node;
 mod pods;
@@ -33,7 +34,8 @@ use serde_json::{json, Value};
 use test_support::{unique_prefix, NodeId};
 
 pub use cni::{Attachment, PluginError, Runtime, Sandbox};
-pub use istiod::{render as render_config, AuthzPolicy, REDIRECTION_ANNOTATION};
+pub use istiod::{render as render_config, workload_uid, AuthzPolicy, REDIRECTION_ANNOTATION};
+pub use istiod_access::{IstiodAccess, ISTIOD_ADDR};
 pub use kubectl::Kubectl;
 pub use node::{subnets, Node, SYSTEM_CNI_DIR};
 pub use pods::{Pod, PodSpec};
@@ -83,6 +85,8 @@ pub struct Cluster {
     agents: Mutex<[Option<Proc>; 2]>,
     ztunnels: Mutex<[Option<Proc>; 2]>,
     pub nodes: [Node; 2],
+    /// Each node's way to the real istiod (token, root cert, port forward).
+    pub istiod_access: Vec<IstiodAccess>,
     pub control_plane: Arc<ControlPlane>,
     pub kubectl: Kubectl,
     pub opts: ClusterOptions,
@@ -115,6 +119,7 @@ impl Cluster {
             agents: Mutex::new([None, None]),
             ztunnels: Mutex::new([None, None]),
             nodes,
+            istiod_access: Vec::new(),
             kubectl: Kubectl {
                 kubeconfig,
                 binary: control_plane.kubectl_path(),
@@ -133,6 +138,11 @@ impl Cluster {
         for node in &cluster.nodes {
             cluster.create_node_object(node)?;
         }
+        cluster.istiod_access = cluster
+            .nodes
+            .iter()
+            .map(|n| cluster.istiod_access(n))
+            .collect::<Result<_>>()?;
         cluster.istiod = Some(istiod::Istiod::start(
             cluster.control_plane.clone(),
             cluster.nodes.iter().map(|n| n.name.to_owned()).collect(),
@@ -268,7 +278,7 @@ impl Cluster {
                     return false;
                 };
                 pods.iter().all(|p| {
-                    snap.workload_by_uid(&p.uid)
+                    snap.workload_by_uid(&workload_uid(&p.namespace, &p.name))
                         .is_some_and(|w| w.protocol == protocol)
                 })
             })

@@ -151,8 +151,15 @@ impl Mesh {
         Ok(mesh)
     }
 
+    /// The pod's ZDS uid (a Kubernetes pod UID in a cluster).
     pub fn uid(&self, pod: &str) -> String {
         format!("{}-uid-{pod}", self.topo.prefix())
+    }
+
+    /// The uid of the pod's workload in the config, named the way istiod names it: ztunnel must
+    /// match the pod to it by name, namespace, service account and node, not by [`Mesh::uid`].
+    pub fn workload_uid(&self, pod: &str) -> String {
+        crate::cluster::workload_uid(NAMESPACE, pod)
     }
 
     pub fn pod_ns(&self, pod: &str) -> &Netns {
@@ -222,7 +229,7 @@ impl Mesh {
             };
             y += &format!(
                 "- uid: {uid}\n  name: {name}\n  namespace: {NAMESPACE}\n  serviceAccount: {sa}\n  trustDomain: {TRUST_DOMAIN}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n  network: \"\"\n  services:{empty}\n{svc}",
-                uid = self.uid(p.name),
+                uid = self.workload_uid(p.name),
                 name = p.name,
                 sa = p.service_account,
                 ip = self.pod_ip(p.name),

@@ -42,6 +42,9 @@ fn admin_api_answers_on_loopback_only_with_a_config_dump() {
         .collect();
     assert_eq!(pods, ["a1", "a2"], "{dump:#}");
     assert_eq!(dump["pods"][0]["uid"], mesh.uid("a1"));
+    // Found by name, namespace, service account and node, though the uids differ.
+    assert_eq!(dump["pods"][0]["workloadUid"], mesh.workload_uid("a1"));
+    assert_eq!(dump["pods"][0]["inConfig"], true);
     assert!(dump["pods"][0]["netnsInode"].as_u64().unwrap() > 0);
     let certs = dump["certificates"].as_array().unwrap();
     let ids: Vec<&str> = certs

@@ -308,7 +308,7 @@ fn ambient_pod_comes_up_meshed_through_the_cri_and_is_released_on_delete() {
     mesh.namespace("plain", json!({})).unwrap();
     let web_uid = mesh.pod("demo", "web-0", "sa-web").unwrap();
     let other_uid = mesh.pod("plain", "other-0", "sa-other").unwrap();
-    mesh.write_ztunnel_config(&[(&web_uid, "demo", "web-0", "sa-web")])
+    mesh.write_ztunnel_config(&[("demo", "web-0", "sa-web")])
         .unwrap();
     mesh.start_agent(&node, START_TIMEOUT).unwrap();
     mesh.start_ztunnel(&node, START_TIMEOUT).unwrap();

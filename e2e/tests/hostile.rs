@@ -39,8 +39,12 @@ fn client_tls(
 ) -> Arc<rustls::ClientConfig> {
     let tls = TlsContext::new(&[trust_root.root().clone()], TRUST_DOMAIN).unwrap();
     let certs = CertManager::new(Arc::new(ca), Duration::from_secs(3600));
-    tls.client_config(certs.get(client).unwrap(), vec![server])
-        .unwrap()
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let slot = rt.block_on(certs.get(client)).unwrap();
+    tls.client_config(slot, vec![server]).unwrap()
 }
 
 fn b1_identity() -> Identity {

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::Admin;
+use crate::state::LocalPod;
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -38,9 +39,10 @@ pub(super) fn config_dump(a: &Admin) -> Value {
     let pods: Vec<Value> = pod_list
         .into_iter()
         .map(|p| {
-            let w = snap.workload_by_uid(&p.uid);
+            let w = LocalPod::new(a.manager.node_name(), p.info.clone()).find(&snap);
             json!({
                 "uid": p.uid,
+                "workloadUid": w.map(|w| w.uid.clone()),
                 "name": p.info.name,
                 "namespace": p.info.namespace,
                 "serviceAccount": p.info.service_account,

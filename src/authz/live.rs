@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use super::{evaluate, ConnInfo, Decision, Verdict};
-use crate::state::{ConfigSnapshot, State};
+use crate::state::{ConfigSnapshot, LocalPod, State};
 
 /// The admitted inbound connections of one pod.
 #[derive(Default)]
@@ -71,8 +71,8 @@ impl LiveConns {
         self.len() == 0
     }
 
-    /// Decides `conn` to pod `uid` under the current config and, when allowed, lists it for
-    /// re-checks. Denials and dry-run findings are logged here; `Err` carries the decision.
+    /// Decides `conn` to `pod` (ZDS uid `uid`, for the logs) under the current config and,
+    /// when allowed, lists it for re-checks. Denials and dry-run findings are logged here; `Err` carries the decision.
     ///
     /// The connection is listed before the config is read: a reload that lands in between
     /// then either re-checks this entry or is already visible to this read, never neither.
@@ -80,6 +80,7 @@ impl LiveConns {
         self: &Arc<Self>,
         state: &State,
         uid: &str,
+        pod: &LocalPod,
         conn: ConnInfo,
         listener: &'static str,
     ) -> Result<Admitted, Decision> {
@@ -97,7 +98,7 @@ impl LiveConns {
         };
         let snapshot = state.current();
         // A pod not (yet) in the config has no policies: nothing to enforce.
-        let Some(dst) = snapshot.workload_by_uid(uid) else {
+        let Some(dst) = pod.find(&snapshot) else {
             return Ok(admitted);
         };
         let d = evaluate(&snapshot, dst, &entry.conn);
@@ -112,10 +113,11 @@ impl LiveConns {
         }
     }
 
-    /// Evaluates every live connection to pod `uid` under `snapshot` and revokes those no
-    /// longer allowed; returns how many. A pod missing from `snapshot` keeps its connections.
-    pub fn recheck(&self, snapshot: &ConfigSnapshot, uid: &str) -> usize {
-        let Some(dst) = snapshot.workload_by_uid(uid) else {
+    /// Evaluates every live connection to `pod` (ZDS uid `uid`) under `snapshot` and revokes
+    /// those no longer allowed; returns how many. A pod missing from `snapshot` keeps its
+    /// connections.
+    pub fn recheck(&self, snapshot: &ConfigSnapshot, uid: &str, pod: &LocalPod) -> usize {
+        let Some(dst) = pod.find(snapshot) else {
             return 0;
         };
         let entries: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
@@ -141,24 +143,27 @@ impl LiveConns {
     }
 }
 
-/// Re-checks pod `uid`'s live connections after every config change until `stop`.
+/// Re-checks the live connections of `pod` (ZDS uid `uid`) after every config change until
+/// `stop`.
 ///
 /// Subscribes before returning, so a change between this call and the first poll of the
 /// future is not missed.
 pub fn recheck_on_change(
     state: Arc<State>,
     uid: String,
+    pod: LocalPod,
     live: Arc<LiveConns>,
     stop: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let changes = state.subscribe();
-    recheck_loop(state, changes, uid, live, stop)
+    recheck_loop(state, changes, uid, pod, live, stop)
 }
 
 async fn recheck_loop(
     state: Arc<State>,
     mut changes: tokio::sync::watch::Receiver<u64>,
     uid: String,
+    pod: LocalPod,
     live: Arc<LiveConns>,
     stop: CancellationToken,
 ) {
@@ -173,8 +178,8 @@ async fn recheck_loop(
         let snapshot = state.current();
         // Thousands of connections under thousands of policies take milliseconds or more:
         // off the async workers, so the pod's traffic keeps moving meanwhile.
-        let (l, u) = (live.clone(), uid.clone());
-        match tokio::task::spawn_blocking(move || l.recheck(&snapshot, &u)).await {
+        let (l, u, p) = (live.clone(), uid.clone(), pod.clone());
+        match tokio::task::spawn_blocking(move || l.recheck(&snapshot, &u, &p)).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(%uid, revoked = n, "policy re-check done"),
             Err(e) => tracing::error!(%uid, error = %e, "policy re-check failed"),

@@ -55,8 +55,9 @@ pub struct Settings {
     )]
     pub packet_mark: u32,
 
-    /// Directory holding the local CA (root-cert.pem, ca-key.pem) that signs workload
-    /// certificates when no external CA is used.
+    /// Directory holding the local CA that signs workload certificates when no external CA is
+    /// used: root-cert.pem + ca-key.pem, or Istio's plug-in layout (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem).
     #[arg(
         long,
         env = "LOCAL_CA_DIR",
@@ -64,6 +65,37 @@ pub struct Settings {
         default_value = "/var/run/ztunnel/ca"
     )]
     pub local_ca_dir: PathBuf,
+
+    /// Address of the Istio CA (istiod's IstioCertificateService), e.g.
+    /// `https://istiod.istio-system.svc:15012`. When set (or, failing that, when XDS_ADDRESS
+    /// is), certificates come from it instead of the local CA. Empty means unset.
+    #[arg(long, env = "CA_ADDRESS", value_name = "URL")]
+    pub ca_address: Option<String>,
+
+    /// PEM roots that sign the Istio CA's serving certificate; also what the mesh trusts.
+    #[arg(
+        long,
+        env = "CA_ROOT_CA",
+        value_name = "FILE",
+        default_value = "./var/run/secrets/istio/root-cert.pem"
+    )]
+    pub ca_root_ca: PathBuf,
+
+    /// Name to verify the Istio CA's certificate against (and send as SNI) when it is not the
+    /// host of CA_ADDRESS.
+    #[arg(long, env = "ALT_CA_HOSTNAME", value_name = "NAME")]
+    pub alt_ca_hostname: Option<String>,
+
+    /// ztunnel's projected service-account token (audience istio-ca), sent as the bearer token
+    /// to the Istio CA and re-read for every request.
+    /// (Upstream hard-codes this path; the variable is ours.)
+    #[arg(
+        long,
+        env = "CA_TOKEN_PATH",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/tokens/istio-token"
+    )]
+    pub ca_token_path: PathBuf,
 
     /// Lifetime of issued workload certificates (e.g. 24h, 90m); they are renewed at half-life.
     #[arg(
@@ -202,6 +234,18 @@ fn parse_admin_addr(s: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
+impl Settings {
+    /// The Istio CA to use, if any: CA_ADDRESS, else XDS_ADDRESS (istiod serves both on
+    /// :15012), empty meaning unset.
+    pub fn istio_ca_address(&self) -> Option<String> {
+        let non_empty = |s: String| Some(s).filter(|s| !s.trim().is_empty());
+        match &self.ca_address {
+            Some(a) => non_empty(a.clone()),
+            None => self.xds.address().map(str::to_owned),
+        }
+    }
+}
+
 fn parse_log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_owned())
@@ -232,6 +276,11 @@ mod tests {
         "CLUSTER_ID",
         "PACKET_MARK",
         "LOCAL_CA_DIR",
+        "CA_ADDRESS",
+        "CA_ROOT_CA",
+        "ALT_CA_HOSTNAME",
+        "CA_TOKEN_PATH",
+        "XDS_ADDRESS",
         "SECRET_TTL",
         "CONNECTION_TERMINATION_DEADLINE",
         "READINESS_ADDR",
@@ -241,7 +290,6 @@ mod tests {
         "METRICS_RETENTION",
         "LOG_FORMAT",
         "RUST_LOG",
-        "XDS_ADDRESS",
         "XDS_ROOT_CA",
         "ALT_XDS_HOSTNAME",
         "AUTH_TOKEN",
@@ -308,6 +356,35 @@ mod tests {
         assert_eq!(
             s.xds.auth_token,
             PathBuf::from("/var/run/secrets/tokens/istio-token")
+        );
+        assert_eq!(s.istio_ca_address(), None);
+        assert_eq!(
+            s.ca_root_ca,
+            PathBuf::from("./var/run/secrets/istio/root-cert.pem")
+        );
+        assert_eq!(
+            s.ca_token_path,
+            PathBuf::from("/var/run/secrets/tokens/istio-token")
+        );
+    }
+
+    #[test]
+    fn istio_ca_address_falls_back_to_xds_address() {
+        let xds = [("XDS_ADDRESS", "https://istiod:15012")];
+        let s = with_env(&xds, || parse(&[])).unwrap();
+        let got = s.istio_ca_address();
+        assert_eq!(got.as_deref(), Some("https://istiod:15012"));
+        let both = [
+            ("XDS_ADDRESS", "https://istiod:15012"),
+            ("CA_ADDRESS", "https://ca:15012"),
+        ];
+        let got = with_env(&both, || parse(&[]).unwrap().istio_ca_address());
+        assert_eq!(got.as_deref(), Some("https://ca:15012"));
+        // An empty CA_ADDRESS means no Istio CA, as upstream.
+        let off = [("XDS_ADDRESS", "https://istiod:15012"), ("CA_ADDRESS", "")];
+        assert_eq!(
+            with_env(&off, || parse(&[]).unwrap().istio_ca_address()),
+            None
         );
     }
 

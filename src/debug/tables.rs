@@ -24,9 +24,10 @@ fn list<'a>(dump: &'a Value, key: &str) -> &'a [Value] {
 }
 
 pub fn workloads(dump: &Value) -> String {
+    // A pod's ZDS uid is not its workload's uid: the dump names the workload each pod matched.
     let proxied: HashSet<&str> = list(dump, "pods")
         .iter()
-        .filter_map(|p| p.get("uid")?.as_str())
+        .filter_map(|p| p.get("workloadUid")?.as_str())
         .collect();
     let mut t = Table::new(&[
         "NAMESPACE",
@@ -132,7 +133,7 @@ mod tests {
     fn dump() -> Value {
         json!({
             "workloads": [
-                {"uid": "u1", "name": "web", "namespace": "demo", "serviceAccount": "web",
+                {"uid": "Kubernetes//Pod/demo/web", "name": "web", "namespace": "demo", "serviceAccount": "web",
                  "trustDomain": "cluster.local", "workloadIps": ["10.0.0.1"], "node": "n1",
                  "protocol": "HBONE", "services": {"demo/echo.demo.svc": {"80": 8080}}},
                 {"uid": "u2", "name": "db", "namespace": "demo", "serviceAccount": "db",
@@ -146,7 +147,8 @@ mod tests {
             "certificates": [{"identity": "spiffe://cluster.local/ns/demo/sa/web",
                               "notBefore": "2026-01-01T00:00:00Z", "notAfter": "2026-01-02T00:00:00Z",
                               "expiresInSeconds": 3600}],
-            "pods": [{"uid": "u1"}]
+            // The ZDS uid is a pod UID; `workloadUid` is what the pod matched in the config.
+            "pods": [{"uid": "7d1e-pod-uid", "workloadUid": "Kubernetes//Pod/demo/web"}]
         })
     }
 

@@ -7,13 +7,15 @@ use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
 
-use super::{CaError, Identity, LocalCa, WorkloadCert};
+use super::{CaError, Identity, IstioCa, LocalCa, WorkloadCert};
 
 /// The live certificate of one identity. TLS configs hold the slot, not the certificate, so a
 /// refresh takes effect on the next handshake without rebuilding anything.
 pub struct CertSlot {
     identity: Identity,
     current: RwLock<Arc<Issued>>,
+    /// The last refresh failure (when, why); cleared by the next success.
+    last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
 struct Issued {
@@ -27,6 +29,13 @@ pub struct CertInfo {
     pub identity: Identity,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// Subject of the certificate that signed the leaf.
+    pub issuer: String,
+    /// Certificates presented after the leaf.
+    pub chain_len: usize,
+    pub refresh_at: SystemTime,
+    /// The last refresh failure, if the last attempt failed.
+    pub last_error: Option<(SystemTime, String)>,
 }
 
 impl CertSlot {
@@ -35,6 +44,7 @@ impl CertSlot {
         Ok(Arc::new(CertSlot {
             identity,
             current: RwLock::new(Arc::new(Issued::new(cert)?)),
+            last_error: Mutex::new(None),
         }))
     }
 
@@ -48,10 +58,21 @@ impl CertSlot {
 
     pub fn info(&self) -> CertInfo {
         let cur = self.read();
+        let issuer = x509_parser::parse_x509_certificate(&cur.cert.chain[0])
+            .map(|(_, c)| c.issuer().to_string())
+            .unwrap_or_default();
         CertInfo {
             identity: self.identity.clone(),
             not_before: cur.cert.not_before,
             not_after: cur.cert.not_after,
+            issuer,
+            chain_len: cur.cert.chain.len() - 1,
+            refresh_at: cur.cert.refresh_at(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 
@@ -61,6 +82,11 @@ impl CertSlot {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            e.map(|e| (SystemTime::now(), e));
     }
 
     fn replace(&self, cert: WorkloadCert) -> Result<(), CaError> {
@@ -83,16 +109,53 @@ impl Issued {
     }
 }
 
+/// Where certificates come from: the local CA (file mode, dev) or istiod's CA.
+pub enum CertSource {
+    Local(Arc<LocalCa>),
+    Istio(Arc<IstioCa>),
+}
+
+impl From<Arc<LocalCa>> for CertSource {
+    fn from(ca: Arc<LocalCa>) -> Self {
+        CertSource::Local(ca)
+    }
+}
+
+impl CertSource {
+    async fn issue(&self, id: &Identity, ttl: Duration) -> Result<WorkloadCert, CaError> {
+        match self {
+            CertSource::Local(ca) => ca.issue(id, ttl),
+            CertSource::Istio(ca) => ca.issue(id, ttl).await,
+        }
+    }
+
+    /// `local CA` or `istio CA <address>`, for logs and the admin API.
+    pub fn describe(&self) -> String {
+        match self {
+            CertSource::Local(_) => "local CA".into(),
+            CertSource::Istio(ca) => format!("istio CA {}", ca.address()),
+        }
+    }
+}
+
+/// How long a caller waits for a first certificate before giving up (the CA may be down; the
+/// caller, e.g. a ZDS Add, fails and is retried).
+const FIRST_ISSUE_TIMEOUT: Duration = Duration::from_secs(15);
+
+type SlotEntry = Arc<tokio::sync::Mutex<Weak<CertSlot>>>;
+
 pub struct CertManager {
-    ca: Arc<LocalCa>,
+    source: CertSource,
     ttl: Duration,
-    slots: Mutex<HashMap<Identity, Weak<CertSlot>>>,
+    /// Per identity, the live slot; the async mutex makes concurrent first requests for one
+    /// identity wait for a single issuance.
+    slots: Mutex<HashMap<Identity, SlotEntry>>,
 }
 
 impl CertManager {
-    pub fn new(ca: Arc<LocalCa>, ttl: Duration) -> Arc<CertManager> {
+    pub fn new(source: impl Into<CertSource>, ttl: Duration) -> Arc<CertManager> {
         Arc::new(CertManager {
-            ca,
+            source: source.into(),
             ttl,
             slots: Mutex::new(HashMap::new()),
         })
@@ -100,35 +163,45 @@ impl CertManager {
 
     /// The certificate slot for `id`, issuing one if no live holder has it. Holders keep the
     /// slot alive; when the last one drops, refreshing stops and the key is forgotten.
-    pub fn get(self: &Arc<Self>, id: &Identity) -> Result<Arc<CertSlot>, CaError> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots.get(id).and_then(Weak::upgrade) {
+    pub async fn get(self: &Arc<Self>, id: &Identity) -> Result<Arc<CertSlot>, CaError> {
+        let entry = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.retain(|_, e| e.try_lock().map_or(true, |w| w.strong_count() > 0));
+            slots.entry(id.clone()).or_default().clone()
+        };
+        let mut live = entry.lock().await;
+        if let Some(slot) = live.upgrade() {
             return Ok(slot);
         }
-        let slot = CertSlot::new(self.ca.issue(id, self.ttl)?)?;
-        slots.retain(|_, w| w.strong_count() > 0);
-        slots.insert(id.clone(), Arc::downgrade(&slot));
-        tracing::info!(identity = %id, ttl = ?self.ttl, "issued workload certificate");
+        let cert = tokio::time::timeout(FIRST_ISSUE_TIMEOUT, self.source.issue(id, self.ttl))
+            .await
+            .map_err(|_| CaError::Remote {
+                identity: id.to_string(),
+                msg: format!("no answer within {FIRST_ISSUE_TIMEOUT:?}"),
+            })??;
+        let slot = CertSlot::new(cert)?;
+        *live = Arc::downgrade(&slot);
+        tracing::info!(identity = %id, ttl = ?self.ttl, source = %self.source.describe(), "issued workload certificate");
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(refresh_loop(self.clone(), Arc::downgrade(&slot)));
         }
         Ok(slot)
     }
 
-    /// Certificates currently held by some pod proxy.
+    /// Certificates currently held by some pod proxy (one being issued right now is left out).
     pub fn certificates(&self) -> Vec<CertInfo> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<CertInfo> = slots
             .values()
-            .filter_map(Weak::upgrade)
+            .filter_map(|e| e.try_lock().ok()?.upgrade())
             .map(|s| s.info())
             .collect();
         out.sort_by(|a, b| a.identity.cmp(&b.identity));
         out
     }
 
-    pub fn ca(&self) -> &LocalCa {
-        &self.ca
+    pub fn source(&self) -> &CertSource {
+        &self.source
     }
 }
 
@@ -146,18 +219,21 @@ async fn refresh_loop(mgr: Arc<CertManager>, slot: Weak<CertSlot>) {
         };
         tokio::time::sleep(wait).await;
         let Some(s) = slot.upgrade() else { return };
-        match mgr
-            .ca
-            .issue(&s.identity, mgr.ttl)
-            .and_then(|c| s.replace(c))
-        {
+        let id = s.identity.clone();
+        // Not holding the slot while the CA answers: a pod gone meanwhile stops the refresh.
+        drop(s);
+        let issued = mgr.source.issue(&id, mgr.ttl).await;
+        let Some(s) = slot.upgrade() else { return };
+        match issued.and_then(|c| s.replace(c)) {
             Ok(()) => {
                 retry = Duration::from_millis(500);
-                tracing::info!(identity = %s.identity, "refreshed workload certificate");
+                s.set_error(None);
+                tracing::info!(identity = %id, source = %mgr.source.describe(), "refreshed workload certificate");
             }
             Err(e) => {
                 // Keep serving the old certificate; it is still valid for the other half-life.
-                tracing::warn!(identity = %s.identity, error = %e, "certificate refresh failed, retrying");
+                tracing::warn!(identity = %id, error = %e, retry_in = ?retry, "certificate refresh failed; the old certificate stays in use");
+                s.set_error(Some(e.to_string()));
                 drop(s);
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(Duration::from_secs(30));

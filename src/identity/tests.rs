@@ -9,16 +9,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
-fn id(sa: &str) -> Identity {
+pub(super) fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "demo", sa)
 }
 
-struct Side {
-    ctx: TlsContext,
-    mgr: Arc<CertManager>,
+pub(super) struct Side {
+    pub(super) ctx: TlsContext,
+    pub(super) mgr: Arc<CertManager>,
 }
 
-fn side(ca: LocalCa) -> Side {
+pub(super) fn side(ca: LocalCa) -> Side {
     let ctx = TlsContext::new(&[ca.root().clone()], "cluster.local").unwrap();
     Side {
         ctx,
@@ -27,7 +27,7 @@ fn side(ca: LocalCa) -> Side {
 }
 
 /// Runs one handshake; returns (client result, server result, identity the server saw).
-async fn handshake(
+pub(super) async fn handshake(
     client: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
 ) -> (Result<(), String>, Result<Option<Identity>, String>) {
@@ -62,11 +62,11 @@ async fn mutual_tls_between_workloads_of_one_ca() {
     let s = side(LocalCa::generate("cluster.local").unwrap());
     let server = s
         .ctx
-        .server_config(s.mgr.get(&id("server")).unwrap())
+        .server_config(s.mgr.get(&id("server")).await.unwrap())
         .unwrap();
     let client = s
         .ctx
-        .client_config(s.mgr.get(&id("client")).unwrap(), vec![id("server")])
+        .client_config(s.mgr.get(&id("client")).await.unwrap(), vec![id("server")])
         .unwrap();
     let (c, srv) = handshake(client, server).await;
     assert_eq!(c, Ok(()));
@@ -78,11 +78,11 @@ async fn client_refuses_unexpected_server_identity() {
     let s = side(LocalCa::generate("cluster.local").unwrap());
     let server = s
         .ctx
-        .server_config(s.mgr.get(&id("impostor")).unwrap())
+        .server_config(s.mgr.get(&id("impostor")).await.unwrap())
         .unwrap();
     let client = s
         .ctx
-        .client_config(s.mgr.get(&id("client")).unwrap(), vec![id("server")])
+        .client_config(s.mgr.get(&id("client")).await.unwrap(), vec![id("server")])
         .unwrap();
     let (c, srv) = handshake(client, server).await;
     assert!(c.unwrap_err().contains("NotValidForName"));
@@ -95,12 +95,15 @@ async fn server_refuses_client_from_another_ca() {
     let foreign = side(LocalCa::generate("cluster.local").unwrap());
     let server = good
         .ctx
-        .server_config(good.mgr.get(&id("server")).unwrap())
+        .server_config(good.mgr.get(&id("server")).await.unwrap())
         .unwrap();
     // The attacker trusts our root (to get past its own check) but signs with its own CA.
     let client = good
         .ctx
-        .client_config(foreign.mgr.get(&id("client")).unwrap(), vec![id("server")])
+        .client_config(
+            foreign.mgr.get(&id("client")).await.unwrap(),
+            vec![id("server")],
+        )
         .unwrap();
     let (_, srv) = handshake(client, server).await;
     let err = srv.unwrap_err();
@@ -115,10 +118,12 @@ async fn server_refuses_foreign_trust_domain() {
     let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
     let ctx = TlsContext::new(&[ca.root().clone()], "cluster.local").unwrap();
     let mgr = CertManager::new(ca.clone(), Duration::from_secs(3600));
-    let server = ctx.server_config(mgr.get(&id("server")).unwrap()).unwrap();
+    let server = ctx
+        .server_config(mgr.get(&id("server")).await.unwrap())
+        .unwrap();
     let other_td = Identity::new("evil.example", "demo", "client");
     let client = ctx
-        .client_config(mgr.get(&other_td).unwrap(), vec![id("server")])
+        .client_config(mgr.get(&other_td).await.unwrap(), vec![id("server")])
         .unwrap();
     let (_, srv) = handshake(client, server).await;
     assert!(srv.is_err());
@@ -139,7 +144,7 @@ async fn expired_server_certificate_is_refused() {
     let slot = CertSlot::for_test(old);
     let server = ctx.server_config(slot).unwrap();
     let client = ctx
-        .client_config(mgr.get(&id("client")).unwrap(), vec![id("server")])
+        .client_config(mgr.get(&id("client")).await.unwrap(), vec![id("server")])
         .unwrap();
     let (c, _) = handshake(client, server).await;
     let err = c.unwrap_err();
@@ -177,8 +182,8 @@ fn ca_directory_is_created_then_reloaded() {
 async fn slots_are_shared_while_held_and_refreshed_at_half_life() {
     let ca = Arc::new(LocalCa::generate("cluster.local").unwrap());
     let mgr = CertManager::new(ca, Duration::from_secs(2));
-    let a = mgr.get(&id("web")).unwrap();
-    let b = mgr.get(&id("web")).unwrap();
+    let a = mgr.get(&id("web")).await.unwrap();
+    let b = mgr.get(&id("web")).await.unwrap();
     assert!(Arc::ptr_eq(&a, &b));
     let first = a.info().not_after;
     // ttl 2 s + 300 s back-dating: refresh_at is in the past already, so it refreshes at once.

@@ -11,15 +11,7 @@ use super::{InpodNetns, InpodSocketFactory};
 use crate::hbone::{Dialer, H2Settings, Pool};
 use crate::identity::{CertManager, CertSlot, Identity, TlsContext};
 use crate::proxy::{self, Lifecycle, Ports, ProxyInputs, SocketFactory};
-use crate::state::State;
-
-/// The pod as the CNI agent describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodInfo {
-    pub name: String,
-    pub namespace: String,
-    pub service_account: String,
-}
+use crate::state::{LocalPod, State, WorkloadInfo, LOCAL_WORKLOAD_WAIT};
 
 /// Node-wide settings every pod proxy shares.
 #[derive(Clone, Debug)]
@@ -34,7 +26,7 @@ pub struct ProxyConfig {
 
 struct Pod {
     inode: u64,
-    info: PodInfo,
+    info: WorkloadInfo,
     life: Lifecycle,
 }
 
@@ -42,7 +34,7 @@ struct Pod {
 #[derive(Clone, Debug)]
 pub struct PodStatus {
     pub uid: String,
-    pub info: PodInfo,
+    pub info: WorkloadInfo,
     pub netns_inode: u64,
 }
 
@@ -88,8 +80,8 @@ impl WorkloadManager {
 
     /// Starts (or keeps) the proxies of pod `uid`. Idempotent for the same netns; a new netns
     /// for a known uid (sandbox re-created) replaces the old proxies.
-    pub fn add(&self, uid: String, info: PodInfo, netns: OwnedFd) -> Result<(), String> {
-        let result = self.try_add(&uid, info, netns);
+    pub async fn add(&self, uid: String, info: WorkloadInfo, netns: OwnedFd) -> Result<(), String> {
+        let result = self.try_add(&uid, info, netns).await;
         let mut r = lock(&self.readiness);
         match &result {
             Ok(()) => {
@@ -102,20 +94,12 @@ impl WorkloadManager {
         result
     }
 
-    fn try_add(&self, uid: &str, info: PodInfo, netns: OwnedFd) -> Result<(), String> {
+    async fn try_add(&self, uid: &str, info: WorkloadInfo, netns: OwnedFd) -> Result<(), String> {
         if uid.is_empty() {
             return Err("empty uid".into());
         }
         let netns = InpodNetns::new(self.host_netns.clone(), netns)
             .map_err(|e| format!("pod {uid}: {e}"))?;
-        if let Some(w) = self.state.current().workload_by_uid(uid) {
-            if !w.node.is_empty() && w.node != self.cfg.node_name {
-                return Err(format!(
-                    "pod {uid} runs on node {:?} per the config, not on this node {:?}",
-                    w.node, self.cfg.node_name
-                ));
-            }
-        }
         {
             let pods = lock(&self.pods);
             if let Some(p) = pods.get(uid) {
@@ -132,6 +116,7 @@ impl WorkloadManager {
         let cert = self
             .certs
             .get(&identity)
+            .await
             .map_err(|e| format!("pod {uid}: {e}"))?;
         let inode = netns.inode();
         let factory: Arc<dyn SocketFactory> = Arc::new(InpodSocketFactory::new(
@@ -143,8 +128,16 @@ impl WorkloadManager {
             self.cfg.h2.clone(),
         );
         let life = Lifecycle::default();
+        let pod = LocalPod::new(self.cfg.node_name.clone(), info.clone());
+        tokio::spawn(report_workload_arrival(
+            self.state.clone(),
+            uid.to_owned(),
+            pod.clone(),
+            life.force_close.clone(),
+        ));
         let inputs = Arc::new(ProxyInputs {
             uid: uid.to_owned(),
+            pod,
             identity: identity.clone(),
             state: self.state.clone(),
             tls: self.tls.clone(),
@@ -222,6 +215,11 @@ impl WorkloadManager {
         }
     }
 
+    /// NODE_NAME: pods find their workloads among this node's.
+    pub fn node_name(&self) -> &str {
+        &self.cfg.node_name
+    }
+
     pub fn pods(&self) -> Vec<PodStatus> {
         let mut out: Vec<PodStatus> = lock(&self.pods)
             .iter()
@@ -252,6 +250,44 @@ impl WorkloadManager {
         }
         for l in &lives {
             l.close();
+        }
+    }
+}
+
+/// Logs whether pod `uid`'s workload is in the config: nothing when it is already there; else
+/// that the pod waits, then when it arrives, or a warning if it has not after
+/// [`LOCAL_WORKLOAD_WAIT`] (the pod's proxies keep running and pick it up whenever it comes).
+async fn report_workload_arrival(
+    state: Arc<State>,
+    uid: String,
+    pod: LocalPod,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if pod.find(&state.current()).is_some() {
+        return;
+    }
+    tracing::info!(%uid, pod = %pod.info, node = %pod.node, "pod's workload not in the config yet; its connections wait for it");
+    let mut warned = false;
+    loop {
+        let wait = if warned {
+            std::time::Duration::MAX
+        } else {
+            LOCAL_WORKLOAD_WAIT
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            (_, w) = pod.wait(&state, wait) => match w {
+                Some(w) => {
+                    tracing::info!(%uid, pod = %pod.info, workload = %w.uid, "pod's workload arrived in the config");
+                    return;
+                }
+                None if !warned => {
+                    tracing::warn!(%uid, pod = %pod.info, node = %pod.node, waited = ?LOCAL_WORKLOAD_WAIT,
+                        "pod's workload still not in the config (no workload of that name, namespace and service account on this node); HBONE connections to it are refused until it arrives");
+                    warned = true;
+                }
+                None => {}
+            },
         }
     }
 }

@@ -5,6 +5,6 @@ mod manager;
 mod netns;
 mod socket_factory;
 
-pub use manager::{PodInfo, PodStatus, ProxyConfig, WorkloadManager};
+pub use manager::{PodStatus, ProxyConfig, WorkloadManager};
 pub use netns::{host_netns, InpodNetns, NetnsError};
 pub use socket_factory::InpodSocketFactory;

@@ -6,19 +6,20 @@ use std::sync::Arc;
 
 use super::{ConnMeter, ConnectionView, LogContext, PodMeter, Reporter};
 use crate::identity::Identity;
-use crate::state::{ConfigSnapshot, Protocol, Upstream};
+use crate::state::{ConfigSnapshot, Protocol, Upstream, Workload};
 
 impl PodMeter {
-    /// Outbound (15001): `src` is the app's socket, `dst` where it meant to go, `upstream`
-    /// what the config made of it (None when it could not be resolved).
+    /// Outbound (15001): `me` is this pod's workload (when the config has it), `src` the app's
+    /// socket, `dst` where it meant to go, `upstream` what the config made of it (None when it
+    /// could not be resolved).
     pub fn outbound(
         self: &Arc<Self>,
         snapshot: &ConfigSnapshot,
+        me: Option<&Workload>,
         src: SocketAddr,
         dst: SocketAddr,
         upstream: Option<&Upstream>,
     ) -> ConnMeter {
-        let me = snapshot.workload_by_uid(&self.uid);
         let (destination, service, hbone_target) = match upstream {
             Some(Upstream::Workload {
                 workload,
@@ -35,7 +36,7 @@ impl PodMeter {
         };
         let view = ConnectionView {
             reporter: Reporter::Source,
-            source: me.map(|w| &**w),
+            source: me,
             source_identity: Some(&self.identity),
             destination,
             destination_identity: None,
@@ -53,11 +54,13 @@ impl PodMeter {
         )
     }
 
-    /// Inbound: `client` as it reaches the app (its IP is the client pod's), `target` the
-    /// app address. `client_identity` is the mTLS peer's; None for plaintext (15006).
+    /// Inbound: `me` is this pod's workload, `client` the peer as it reaches the app (its IP
+    /// is the client pod's), `target` the app address. `client_identity` is the mTLS peer's;
+    /// None for plaintext (15006).
     pub fn inbound(
         self: &Arc<Self>,
         snapshot: &ConfigSnapshot,
+        me: Option<&Workload>,
         client: SocketAddr,
         target: SocketAddr,
         client_identity: Option<&Identity>,
@@ -67,7 +70,7 @@ impl PodMeter {
             reporter: Reporter::Destination,
             source: source.map(|w| &**w),
             source_identity: client_identity,
-            destination: snapshot.workload_by_uid(&self.uid).map(|w| &**w),
+            destination: me,
             destination_identity: Some(&self.identity),
             destination_service: None,
             mtls: client_identity.is_some(),

@@ -59,8 +59,8 @@ async fn stream(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
-    let snapshot = inputs.state.current();
-    let local = match snapshot.workload_by_uid(&inputs.uid) {
+    let (snapshot, me) = inputs.local_workload().await;
+    let local = match &me {
         Some(w) => LocalTargets::Known(&w.workload_ips),
         None => LocalTargets::Unknown,
     };
@@ -72,11 +72,14 @@ async fn stream(
             return;
         }
     };
-    let meter = inputs.meter.inbound(&snapshot, peer, target, Some(&client));
+    let meter = inputs
+        .meter
+        .inbound(&snapshot, me.as_deref(), peer, target, Some(&client));
     drop(snapshot);
     let admitted = match live.admit(
         &inputs.state,
         &inputs.uid,
+        &inputs.pod,
         conn_info(&client, peer, target),
         "hbone",
     ) {

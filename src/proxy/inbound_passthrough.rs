@@ -35,10 +35,15 @@ pub(super) async fn handle(
         dst_ip: dst.ip().to_canonical(),
         dst_port: dst.port(),
     };
+    // No wait for this pod's workload: without it there is no policy to apply yet, and the
+    // re-check that runs when it arrives revokes this connection if its policies deny it.
+    let snapshot = inputs.state.current();
+    let me = inputs.pod.find(&snapshot);
     let meter = inputs
         .meter
-        .inbound(&inputs.state.current(), src, dst, None);
-    let admitted = match live.admit(&inputs.state, &inputs.uid, conn, "plaintext") {
+        .inbound(&snapshot, me.map(|w| &**w), src, dst, None);
+    drop(snapshot);
+    let admitted = match live.admit(&inputs.state, &inputs.uid, &inputs.pod, conn, "plaintext") {
         Ok(a) => a,
         Err(d) => return meter.fail(ResponseFlags::Deny, &d.reason),
     };

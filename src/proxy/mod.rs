@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::authz;
 use crate::hbone::{H2Settings, Pool};
 use crate::identity::{CertSlot, Identity, TlsContext};
-use crate::state::State;
+use crate::state::{ConfigSnapshot, LocalPod, State, Workload, LOCAL_WORKLOAD_WAIT};
 
 pub use sockets::{connect, new_tcp_socket, original_dst, PlainSocketFactory, SocketFactory};
 
@@ -64,7 +64,10 @@ impl Lifecycle {
 
 /// Everything one pod's proxies need.
 pub struct ProxyInputs {
+    /// The ZDS uid: names the pod in logs, metrics and the agent's requests.
     pub uid: String,
+    /// Finds the pod's workload in the config.
+    pub pod: LocalPod,
     pub identity: Identity,
     pub state: Arc<State>,
     pub tls: TlsContext,
@@ -79,11 +82,27 @@ pub struct ProxyInputs {
 impl ProxyInputs {
     /// IPs of this pod per the current config (empty when the workload is not known yet).
     fn pod_ips(&self) -> Vec<IpAddr> {
-        self.state
-            .current()
-            .workload_by_uid(&self.uid)
+        self.pod
+            .find(&self.state.current())
             .map(|w| w.workload_ips.clone())
             .unwrap_or_default()
+    }
+
+    /// The current config and this pod's workload in it; when the workload is not there yet,
+    /// waits for it (bounded: [`LOCAL_WORKLOAD_WAIT`]), since the agent may hand a pod over
+    /// before the control plane has pushed its workload.
+    async fn local_workload(&self) -> (Arc<ConfigSnapshot>, Option<Arc<Workload>>) {
+        let snapshot = self.state.current();
+        if let Some(w) = self.pod.find(&snapshot).cloned() {
+            return (snapshot, Some(w));
+        }
+        drop(snapshot);
+        let (snapshot, w) = self.pod.wait(&self.state, LOCAL_WORKLOAD_WAIT).await;
+        if w.is_none() {
+            tracing::warn!(uid = %self.uid, pod = %self.pod.info, node = %self.pod.node, waited = ?LOCAL_WORKLOAD_WAIT,
+                "timed out waiting for the pod's workload in the config");
+        }
+        (snapshot, w)
     }
 }
 
@@ -107,6 +126,7 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
     tokio::spawn(authz::recheck_on_change(
         inputs.state.clone(),
         inputs.uid.clone(),
+        inputs.pod.clone(),
         live.clone(),
         inputs.life.force_close.clone(),
     ));

@@ -26,11 +26,18 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, pool: Pool, app: TcpStream,
         tracing::warn!(uid = %inputs.uid, %src, %dst, "refusing connection to a ztunnel port (loop)");
         return;
     }
+    // No wait for this pod's own workload here: an outbound connection does not need it (it
+    // only labels the metrics), so a pod not in the config yet is not held up.
     let snapshot = inputs.state.current();
+    let me = inputs.pod.find(&snapshot);
     let upstream = snapshot.resolve(dst, &mut |n| rand::random_range(0..n));
-    let meter = inputs
-        .meter
-        .outbound(&snapshot, src, dst, upstream.as_ref().ok());
+    let meter = inputs.meter.outbound(
+        &snapshot,
+        me.map(|w| &**w),
+        src,
+        dst,
+        upstream.as_ref().ok(),
+    );
     drop(snapshot);
     match upstream {
         Err(e) => {

@@ -5,12 +5,14 @@
 //! swaps it whole, so readers never see a half-applied update. Where the config comes from
 //! (the local file today, istiod's xDS later) is the business of [`crate::config`].
 
+mod local;
 mod policy;
 mod service;
 mod snapshot;
 mod store;
 mod workload;
 
+pub use local::{LocalPod, LOCAL_WORKLOAD_WAIT};
 pub use policy::{
     Action, Cidr, CidrParseError, Match, Policy, Scope, ServiceAccountMatch, StringMatch,
 };
@@ -19,5 +21,5 @@ pub use snapshot::{ConfigSnapshot, ResolveError, SnapshotError, Upstream};
 pub use store::State;
 pub use workload::{
     GatewayAddress, GatewayDestination, HealthStatus, NetworkAddress, NetworkAddressParseError,
-    NetworkMode, Protocol, Workload,
+    NetworkMode, Protocol, Workload, WorkloadInfo,
 };

@@ -1,11 +1,12 @@
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::policy::{Policy, Scope};
 use super::service::Service;
-use super::workload::{HealthStatus, NetworkMode, Workload};
+use super::workload::{HealthStatus, NetworkMode, Workload, WorkloadInfo};
 
 /// Immutable, indexed view of one config generation.
 #[derive(Debug, Default)]
@@ -15,6 +16,10 @@ pub struct ConfigSnapshot {
     policies: Vec<Arc<Policy>>,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     by_uid: HashMap<String, Arc<Workload>>,
+    /// Hash of (namespace, name) → indexes into `workloads`: how a pod handed over by ZDS finds
+    /// its workload. A hash rather than the strings, so the index costs no copy of every name.
+    by_pod_name: HashMap<u64, Vec<usize>>,
+    pod_name_hasher: RandomState,
     /// Index into `services` / `endpoints` / `service_keys`.
     by_vip: HashMap<IpAddr, usize>,
     /// Parallel to `services`; precomputed so the per-connection path does not format keys.
@@ -200,6 +205,8 @@ impl ConfigSnapshot {
                 }
             }
             s.by_uid.insert(w.uid.clone(), w.clone());
+            let key = s.pod_name_key(&w.namespace, &w.name);
+            s.by_pod_name.entry(key).or_default().push(i);
             s.workloads.push(w);
             accepted_pos.push(i);
         }
@@ -320,6 +327,21 @@ impl ConfigSnapshot {
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
         self.by_uid.get(uid)
+    }
+
+    /// The workload of a pod on node `node` that ZDS describes as `info`: same name, namespace
+    /// and service account, and `node` (any node when `node` is empty, as upstream does without
+    /// NODE_NAME). The first in config order if several claim it.
+    pub fn local_workload(&self, node: &str, info: &WorkloadInfo) -> Option<&Arc<Workload>> {
+        self.by_pod_name
+            .get(&self.pod_name_key(&info.namespace, &info.name))?
+            .iter()
+            .map(|&i| &self.workloads[i])
+            .find(|w| info.matches(w) && (node.is_empty() || w.node == node))
+    }
+
+    fn pod_name_key(&self, namespace: &str, name: &str) -> u64 {
+        self.pod_name_hasher.hash_one((namespace, name))
     }
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {

@@ -212,3 +212,60 @@ fn merged_keeps_the_first_of_conflicting_entries_and_reports_the_rest() {
         echo.hostname
     );
 }
+
+fn pod(uid: &str, name: &str, sa: &str, node: &str) -> Workload {
+    Workload {
+        uid: uid.into(),
+        name: name.into(),
+        namespace: "demo".into(),
+        service_account: sa.into(),
+        node: node.into(),
+        ..Default::default()
+    }
+}
+
+fn info(name: &str, sa: &str) -> WorkloadInfo {
+    WorkloadInfo {
+        name: name.into(),
+        namespace: "demo".into(),
+        service_account: sa.into(),
+    }
+}
+
+#[test]
+fn local_workload_matches_name_namespace_account_and_node_not_uid() {
+    // istiod's uids; the ZDS uid (a pod UID) appears nowhere in the config.
+    let s = ConfigSnapshot::new(
+        vec![
+            pod("Kubernetes//Pod/demo/web-a", "web", "web", "node-a"),
+            pod("Kubernetes//Pod/demo/web-b", "web", "web", "node-b"),
+            pod("Kubernetes//Pod/demo/api", "api", "api", "node-a"),
+        ],
+        vec![],
+        vec![],
+    )
+    .unwrap();
+    let uid_of = |node, i: &WorkloadInfo| s.local_workload(node, i).map(|w| w.uid.as_str());
+    assert_eq!(
+        uid_of("node-a", &info("web", "web")),
+        Some("Kubernetes//Pod/demo/web-a")
+    );
+    assert_eq!(
+        uid_of("node-b", &info("web", "web")),
+        Some("Kubernetes//Pod/demo/web-b")
+    );
+    // Another node's pod of that name is not ours.
+    assert_eq!(uid_of("node-b", &info("api", "api")), None);
+    // Every field counts.
+    assert_eq!(uid_of("node-a", &info("web", "default")), None);
+    assert_eq!(uid_of("node-a", &info("nope", "web")), None);
+    let mut other_ns = info("web", "web");
+    other_ns.namespace = "prod".into();
+    assert_eq!(uid_of("node-a", &other_ns), None);
+    // Without a node name, any node's workload will do (the first in config order).
+    assert_eq!(
+        uid_of("", &info("web", "web")),
+        Some("Kubernetes//Pod/demo/web-a")
+    );
+    assert!(s.workload_by_uid("2c7d8f0e-pod-uid").is_none());
+}

@@ -137,6 +137,36 @@ pub struct GatewayAddress {
     pub hbone_mtls_port: u16,
 }
 
+/// Who a pod is, as the CNI agent tells it over ZDS: what ties a pod on this node to its
+/// workload in the config (istiod names workloads `<cluster>//Pod/<ns>/<name>`, not by the
+/// Kubernetes pod UID that ZDS carries, so the uids cannot be compared).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl WorkloadInfo {
+    /// Whether `w` is this pod's workload, ignoring where it runs.
+    pub fn matches(&self, w: &Workload) -> bool {
+        w.name == self.name
+            && w.namespace == self.namespace
+            && w.service_account == self.service_account
+    }
+}
+
+impl fmt::Display for WorkloadInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} (service account {})",
+            self.namespace, self.name, self.service_account
+        )
+    }
+}
+
 /// One workload (usually a pod) as the control plane describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -8,13 +8,7 @@ use prost::Message;
 
 use super::proto::{self, workload_request::Payload};
 
-/// Who a workload is, as told by the agent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WorkloadInfo {
-    pub name: String,
-    pub namespace: String,
-    pub service_account: String,
-}
+pub use crate::state::WorkloadInfo;
 
 impl From<proto::WorkloadInfo> for WorkloadInfo {
     fn from(p: proto::WorkloadInfo) -> Self {
@@ -128,14 +122,20 @@ impl Protocol {
                     return nack(format!("AddWorkload needs exactly one netns fd, got {fds}"));
                 }
                 let uid = non_empty(add.uid, "AddWorkload")?;
+                // The info is how the pod finds its workload in the config (the uid is a pod
+                // UID the config does not use); upstream refuses an Add without it too.
+                let Some(info) = add.workload_info else {
+                    return nack(format!("AddWorkload {uid} without workload_info"));
+                };
                 // Present even if the handler then fails the Add: the agent says the pod exists,
                 // and dropping a proxy that may still be serving it would be worse than keeping it.
                 if self.phase == Phase::Snapshot {
                     self.present.insert(uid.clone());
                 }
-                // An older agent may omit the info; the uid alone still identifies the pod.
-                let info = add.workload_info.map(Into::into).unwrap_or_default();
-                Ok(Event::Add { uid, info })
+                Ok(Event::Add {
+                    uid,
+                    info: info.into(),
+                })
             }
             Payload::Keep(keep) => {
                 if self.phase == Phase::Running {
@@ -284,18 +284,22 @@ mod tests {
     }
 
     #[test]
-    fn add_without_info_is_accepted() {
+    fn add_without_info_is_refused() {
         let mut p = Protocol::new();
         let data = req(Payload::Add(proto::AddWorkload {
             uid: "x".into(),
             workload_info: None,
         }));
-        assert_eq!(
-            p.on_datagram(&data, 1).expect("add"),
-            Event::Add {
-                uid: "x".into(),
-                info: WorkloadInfo::default()
-            }
+        is_nack(
+            p.on_datagram(&data, 1),
+            "AddWorkload x without workload_info",
+        );
+        let Event::SnapshotSent { present } = p.on_datagram(&snap(), 0).expect("snap") else {
+            panic!("not a snapshot event");
+        };
+        assert!(
+            present.is_empty(),
+            "a refused add must not count as present"
         );
     }
 

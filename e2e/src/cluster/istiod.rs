@@ -41,6 +41,13 @@ impl AuthzPolicy {
     }
 }
 
+/// The uid istiod gives a pod's workload: `<cluster>//Pod/<namespace>/<name>` (cluster
+/// `Kubernetes`, istiod's default CLUSTER_ID). Not the Kubernetes pod UID that ZDS carries, so
+/// ztunnel must find a pod's workload by name, namespace, service account and node.
+pub fn workload_uid(namespace: &str, name: &str) -> String {
+    format!("Kubernetes//Pod/{namespace}/{name}")
+}
+
 /// Renders the config for `pods` (Kubernetes Pod objects) and `policies`. Pods without an IP
 /// yet and host-network pods (whose IP is the node's) are not workloads. Written as YAML, the
 /// way upstream writes it (string matches are tags such as `!Exact`); keys are sorted, so equal
@@ -55,6 +62,10 @@ pub fn render(pods: &[Value], policies: &[AuthzPolicy], trust_domain: &str) -> R
                 return None;
             }
             let meta = &p["metadata"];
+            let (namespace, name) = (
+                meta["namespace"].as_str().unwrap_or_default(),
+                meta["name"].as_str().unwrap_or_default(),
+            );
             let captured = meta["annotations"][REDIRECTION_ANNOTATION].as_str() == Some("enabled");
             let selected: Vec<String> = policies
                 .iter()
@@ -63,7 +74,7 @@ pub fn render(pods: &[Value], policies: &[AuthzPolicy], trust_domain: &str) -> R
                 .collect();
             Some(json!({
                 "authorizationPolicies": selected,
-                "uid": meta["uid"],
+                "uid": workload_uid(namespace, name),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "serviceAccount": p["spec"]["serviceAccountName"].as_str().unwrap_or("default"),

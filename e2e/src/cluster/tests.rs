@@ -160,7 +160,9 @@ fn rendered_config_is_what_ztunnel_parses_hbone_only_for_captured_pods() {
             ("web".into(), "Hbone".into(), "sa-web".into()),
         ]
     );
-    let web = snap.workload_by_uid("uid-web").unwrap();
+    let web = snap.workload_by_uid("Kubernetes//Pod/demo/web").unwrap();
+    // istiod's uid, never the pod UID.
+    assert!(snap.workload_by_uid("uid-web").is_none());
     assert_eq!(web.node, "node-a");
     // Same input, same bytes: the writer only rewrites on a real change.
     assert_eq!(text, render(&pods, &[], "cluster.local").unwrap());
@@ -227,8 +229,17 @@ fn rendered_policies_are_what_ztunnel_parses_and_selectors_pick_their_pods() {
             .authorization_policies
             .clone()
     };
-    assert_eq!(listed("uid-web"), vec!["demo/deny-a2".to_owned()]);
-    assert!(listed("uid-web2").is_empty(), "other namespace selected");
-    assert!(listed("uid-db").is_empty(), "labels do not match");
+    assert_eq!(
+        listed("Kubernetes//Pod/demo/web"),
+        vec!["demo/deny-a2".to_owned()]
+    );
+    assert!(
+        listed("Kubernetes//Pod/prod/web2").is_empty(),
+        "other namespace selected"
+    );
+    assert!(
+        listed("Kubernetes//Pod/demo/db").is_empty(),
+        "labels do not match"
+    );
     assert_eq!(text, render(&pods, &policies, "cluster.local").unwrap());
 }

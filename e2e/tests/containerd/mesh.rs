@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use controlplane::{ControlPlane, Forward, Options, Resource};
 use meshtunnel::identity::LocalCa;
+use meshtunnel_e2e::cluster::workload_uid;
 use meshtunnel_e2e::mesh::find_binary;
 use serde_json::{json, Value};
 use test_support::ChildGuard;
@@ -168,14 +169,16 @@ impl NodeMesh {
             .map(str::to_owned)
     }
 
-    /// ztunnel's local config: the pods it may serve, `(uid, namespace, name, service account)`.
-    pub fn write_ztunnel_config(&self, pods: &[(&str, &str, &str, &str)]) -> Result<()> {
+    /// ztunnel's local config: the pods it may serve, `(namespace, name, service account)`,
+    /// under the uids istiod gives them (not the pod UIDs the agent sends over ZDS).
+    pub fn write_ztunnel_config(&self, pods: &[(&str, &str, &str)]) -> Result<()> {
         let mut y = String::from("workloads:");
         if pods.is_empty() {
             y += " []";
         }
         y += "\n";
-        for (uid, ns, name, sa) in pods {
+        for (ns, name, sa) in pods {
+            let uid = workload_uid(ns, name);
             y += &format!(
                 "- uid: {uid}\n  name: {name}\n  namespace: {ns}\n  serviceAccount: {sa}\n  trustDomain: {TRUST_DOMAIN}\n  protocol: HBONE\n  node: {node}\n  network: \"\"\n  services: {{}}\n",
                 node = self.node_name,
