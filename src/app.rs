@@ -16,6 +16,7 @@ use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::proxy::Ports;
 use crate::state::{ConfigSnapshot, State};
+use crate::xds::{self, status::XdsStatus};
 use crate::zds;
 
 pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
@@ -25,25 +26,44 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
     let defaults = config::Defaults {
         trust_domain: settings.trust_domain.clone(),
     };
-    let snapshot = match &settings.local_xds_path {
-        Some(path) => config::load_with(path, &defaults)?,
-        None => ConfigSnapshot::empty(),
-    };
-    let state = Arc::new(State::new(snapshot));
+    let xds_address = settings.xds.address().map(str::to_owned);
+    let state = Arc::new(State::new(ConfigSnapshot::empty()));
+    let sources = Arc::new(config::ConfigSources::new(
+        state.clone(),
+        xds_address.is_some(),
+    ));
     if let Some(path) = &settings.local_xds_path {
+        sources.set_file(config::load_with(path, &defaults)?);
         config::spawn_watcher(
             path.clone(),
-            state.clone(),
+            sources.clone(),
             settings.config_poll_interval,
             defaults,
         );
+    }
+    let stop = CancellationToken::new();
+    let metrics = Metrics::new(settings.metrics_retention);
+    let xds_status = xds_address.as_deref().map(|a| Arc::new(XdsStatus::new(a)));
+    if let Some(status) = &xds_status {
+        let cfg = xds::ClientConfig::new(
+            &settings.xds,
+            &settings.node_name,
+            &settings.cluster_id,
+            &settings.trust_domain,
+        );
+        tokio::spawn(xds::run(
+            cfg,
+            sources.clone(),
+            status.clone(),
+            metrics.xds.clone(),
+            stop.clone(),
+        ));
     }
 
     let (source, roots) = cert_source(&settings)?;
     let tls = TlsContext::new(&roots, &settings.trust_domain)?;
     tracing::info!(source = %source.describe(), "workload certificates");
     let certs = CertManager::new(source, settings.cert_ttl);
-    let metrics = Metrics::new(settings.metrics_retention);
 
     let manager = WorkloadManager::new(
         ProxyConfig {
@@ -60,14 +80,21 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
         host_netns,
     );
 
-    let stop = CancellationToken::new();
     let readiness = crate::readiness::bind(settings.readiness_addr)
         .await
         .with_context(|| format!("binding readiness on {}", settings.readiness_addr))?;
     let m = manager.clone();
+    let xds_ready = xds_status.clone();
     tokio::spawn(crate::readiness::serve(
         readiness,
-        Arc::new(move || m.ready()),
+        Arc::new(move || {
+            // Serving pods with a config istiod has not finished sending would refuse or
+            // misroute their first connections.
+            if xds_ready.as_ref().is_some_and(|x| !x.synced()) {
+                return Err("waiting for istiod's first xDS push".into());
+            }
+            m.ready()
+        }),
         stop.clone(),
     ));
 
@@ -92,6 +119,9 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
         admin,
         Arc::new(Admin {
             state,
+            sources,
+            local_file: settings.local_xds_path.clone(),
+            xds: xds_status,
             manager: manager.clone(),
             certs,
             log,

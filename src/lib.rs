@@ -17,4 +17,5 @@ pub mod proxy;
 pub mod readiness;
 pub mod redirect;
 pub mod state;
+pub mod xds;
 pub mod zds;

@@ -100,7 +100,7 @@ async fn a_bad_policy_file_leaves_the_policies_in_force() {
     let state = Arc::new(State::new(ConfigSnapshot::empty()));
     let watcher = config::spawn_watcher(
         path.clone(),
-        state.clone(),
+        Arc::new(config::ConfigSources::new(state.clone(), false)),
         Duration::from_millis(20),
         config::Defaults::default(),
     );

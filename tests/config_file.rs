@@ -205,7 +205,7 @@ async fn watcher_applies_changes_and_keeps_config_on_errors() {
     let state = Arc::new(State::new(ConfigSnapshot::empty()));
     let handle = config::spawn_watcher(
         path.clone(),
-        state.clone(),
+        Arc::new(config::ConfigSources::new(state.clone(), false)),
         Duration::from_millis(50),
         config::Defaults::default(),
     );
@@ -246,7 +246,7 @@ async fn watcher_waits_for_a_file_that_does_not_exist_yet() {
     let mut generations = state.subscribe();
     let handle = config::spawn_watcher(
         path.clone(),
-        state.clone(),
+        Arc::new(config::ConfigSources::new(state.clone(), false)),
         Duration::from_millis(50),
         config::Defaults::default(),
     );

@@ -70,6 +70,11 @@ pub(super) fn config_dump(a: &Admin) -> Value {
     policies.sort_by(|x, y| (&x.namespace, &x.name).cmp(&(&y.namespace, &y.name)));
     json!({
         "configGeneration": a.state.generation(),
+        "configSource": {
+            "file": a.local_file.as_ref().map(|p| p.display().to_string()),
+            "xds": a.xds.as_ref().map(|x| x.snapshot()),
+            "conflicts": a.sources.conflicts(),
+        },
         "workloads": workloads,
         "services": services,
         "policies": policies,

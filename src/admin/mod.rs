@@ -21,6 +21,12 @@ use crate::state::State;
 
 pub struct Admin {
     pub state: Arc<State>,
+    /// Where the config comes from (conflicts between the file and istiod).
+    pub sources: Arc<crate::config::ConfigSources>,
+    /// The local config file, when it is a source.
+    pub local_file: Option<std::path::PathBuf>,
+    /// The xDS connection, when istiod is a source.
+    pub xds: Option<Arc<crate::xds::status::XdsStatus>>,
     pub manager: Arc<WorkloadManager>,
     pub certs: Arc<CertManager>,
     pub log: LogHandle,

@@ -167,6 +167,10 @@ pub struct Settings {
     )]
     pub config_poll_interval: Duration,
 
+    /// istiod's delta xDS (XDS_ADDRESS, XDS_ROOT_CA, ALT_XDS_HOSTNAME, AUTH_TOKEN, ...).
+    #[command(flatten)]
+    pub xds: crate::xds::XdsSettings,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -232,13 +236,12 @@ fn parse_admin_addr(s: &str) -> Result<SocketAddr, String> {
 
 impl Settings {
     /// The Istio CA to use, if any: CA_ADDRESS, else XDS_ADDRESS (istiod serves both on
-    /// :15012), empty meaning unset. XDS_ADDRESS is read from the environment here because the
-    /// xDS settings live with the xDS client.
+    /// :15012), empty meaning unset.
     pub fn istio_ca_address(&self) -> Option<String> {
         let non_empty = |s: String| Some(s).filter(|s| !s.trim().is_empty());
         match &self.ca_address {
             Some(a) => non_empty(a.clone()),
-            None => std::env::var("XDS_ADDRESS").ok().and_then(non_empty),
+            None => self.xds.address().map(str::to_owned),
         }
     }
 }
@@ -287,6 +290,12 @@ mod tests {
         "METRICS_RETENTION",
         "LOG_FORMAT",
         "RUST_LOG",
+        "XDS_ROOT_CA",
+        "ALT_XDS_HOSTNAME",
+        "AUTH_TOKEN",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "INSTANCE_IP",
     ];
 
     fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
@@ -343,6 +352,11 @@ mod tests {
         assert_eq!(s.metrics_retention, Duration::from_secs(300));
         assert_eq!(s.log_format, LogFormat::Plain);
         assert_eq!(s.log_level, "info");
+        assert_eq!(s.xds.address(), None);
+        assert_eq!(
+            s.xds.auth_token,
+            PathBuf::from("/var/run/secrets/tokens/istio-token")
+        );
         assert_eq!(s.istio_ca_address(), None);
         assert_eq!(
             s.ca_root_ca,
@@ -358,8 +372,7 @@ mod tests {
     fn istio_ca_address_falls_back_to_xds_address() {
         let xds = [("XDS_ADDRESS", "https://istiod:15012")];
         let s = with_env(&xds, || parse(&[])).unwrap();
-        // Checked inside the lock: XDS_ADDRESS is read at call time.
-        let got = with_env(&xds, || s.istio_ca_address());
+        let got = s.istio_ca_address();
         assert_eq!(got.as_deref(), Some("https://istiod:15012"));
         let both = [
             ("XDS_ADDRESS", "https://istiod:15012"),

@@ -7,9 +7,9 @@ use tokio::time::MissedTickBehavior;
 use tracing::{error, info};
 
 use super::local::{parse_with, ConfigError, Defaults};
-use crate::state::State;
+use super::sources::ConfigSources;
 
-/// Keeps `state` in step with the local config file at `path`, checking every `interval`.
+/// Keeps the file's part of `sources` in step with the local config file at `path`, checking every `interval`.
 ///
 /// The first check happens at once and applies the file, so a caller may start from an empty
 /// snapshot. A file that cannot be read or parsed leaves the config in force untouched and is
@@ -21,7 +21,7 @@ use crate::state::State;
 /// sees every such replacement.
 pub fn spawn_watcher(
     path: PathBuf,
-    state: Arc<State>,
+    sources: Arc<ConfigSources>,
     interval: Duration,
     defaults: Defaults,
 ) -> JoinHandle<()> {
@@ -36,7 +36,7 @@ pub fn spawn_watcher(
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            watcher.poll(&state).await;
+            watcher.poll(&sources).await;
         }
     })
 }
@@ -51,7 +51,7 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn poll(&mut self, state: &State) {
+    async fn poll(&mut self, sources: &ConfigSources) {
         let bytes = match tokio::fs::read(&self.path).await {
             Ok(b) => b,
             Err(source) => {
@@ -82,14 +82,14 @@ impl Watcher {
                     snapshot.services().count(),
                     snapshot.policies().count(),
                 );
-                state.replace(snapshot);
+                sources.set_file(snapshot);
                 self.last_error = None;
                 info!(
                     path = %self.path.display(),
                     workloads = w,
                     services = s,
                     policies = p,
-                    generation = state.generation(),
+                    generation = sources.state().generation(),
                     "applied local config"
                 );
             }
@@ -109,7 +109,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::ConfigSnapshot;
+    use crate::state::{ConfigSnapshot, State};
 
     #[tokio::test]
     async fn each_poll_applies_only_new_good_content() {
@@ -118,7 +118,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("zt.yaml");
         let _ = std::fs::remove_file(&path);
-        let state = State::new(ConfigSnapshot::empty());
+        let state = Arc::new(State::new(ConfigSnapshot::empty()));
+        let sources = ConfigSources::new(state.clone(), false);
         let mut w = Watcher {
             path: path.clone(),
             defaults: Defaults::default(),
@@ -126,27 +127,27 @@ mod tests {
             last_error: None,
         };
 
-        w.poll(&state).await;
+        w.poll(&sources).await;
         let missing = w.last_error.clone().expect("missing file reported");
         assert!(missing.contains("cannot read"), "{missing}");
-        w.poll(&state).await;
+        w.poll(&sources).await;
         assert_eq!(w.last_error.as_ref(), Some(&missing));
 
         std::fs::write(&path, "workloads: [\n").unwrap();
-        w.poll(&state).await;
+        w.poll(&sources).await;
         assert_ne!(w.last_error.as_ref(), Some(&missing));
         assert_eq!(state.generation(), 0);
 
         std::fs::write(&path, "workloads: []\n").unwrap();
-        w.poll(&state).await;
+        w.poll(&sources).await;
         assert_eq!(w.last_error, None);
         assert_eq!(state.generation(), 1);
         // Unchanged content is not re-applied.
-        w.poll(&state).await;
+        w.poll(&sources).await;
         assert_eq!(state.generation(), 1);
 
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
-        w.poll(&state).await;
+        w.poll(&sources).await;
         assert!(w.last_error.as_ref().unwrap().contains("UTF-8"));
         assert_eq!(state.generation(), 1);
         let _ = std::fs::remove_dir_all(&dir);

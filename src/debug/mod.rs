@@ -3,6 +3,7 @@
 
 mod client;
 mod explain;
+mod source;
 mod table;
 mod tables;
 
@@ -40,6 +41,8 @@ enum What {
     Policies,
     /// Certificates held for the pods on this node, with expiry.
     Certs,
+    /// Where the config comes from: the file, istiod's xDS (last push, version, NACKs).
+    Source,
     /// Would a connection be allowed, and which policy and rule decide.
     Explain(explain::ExplainArgs),
 }
@@ -51,6 +54,7 @@ pub fn run(args: &DebugArgs) -> Result<String> {
         What::Services => ("services", tables::services),
         What::Policies => ("policies", tables::policies),
         What::Certs => ("certificates", tables::certs),
+        What::Source => ("configSource", source::render),
         What::Explain(e) => {
             let body = client::get(args.admin, &e.path())?;
             let v: Value = serde_json::from_str(&body).context("admin API answer is not JSON")?;

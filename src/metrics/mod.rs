@@ -74,6 +74,8 @@ pub struct Metrics {
     pod_connections: Family<PodLabels, Gauge>,
     active_proxies: Gauge,
     retention: Duration,
+    /// The xDS client's counters (`istio_xds_*`).
+    pub xds: crate::xds::metrics::XdsMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -90,7 +92,7 @@ impl Metrics {
     pub fn new(retention: Duration) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let traffic = Traffic::default();
-        {
+        let (xds, register_xds_root) = {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
                 "tcp_connections_opened",
@@ -117,7 +119,9 @@ impl Metrics {
                 "Bytes sent to the client during the connection (response direction)",
                 traffic.sent.clone(),
             );
-        }
+            crate::xds::metrics::XdsMetrics::register(istio)
+        };
+        register_xds_root(&mut registry);
         let active_proxies = Gauge::default();
         registry.register(
             "workload_manager_active_proxy_count",
@@ -138,6 +142,7 @@ impl Metrics {
             pod_connections,
             active_proxies,
             retention,
+            xds,
         })
     }
 

@@ -115,33 +115,91 @@ impl ConfigSnapshot {
         services: Vec<Service>,
         policies: Vec<Policy>,
     ) -> Result<Self, SnapshotError> {
+        let mut first_error = None;
+        let s = Self::index(
+            workloads.into_iter().map(Arc::new),
+            services.into_iter().map(Arc::new),
+            policies.into_iter().map(Arc::new),
+            &mut |e| {
+                first_error.get_or_insert(e);
+                false
+            },
+        );
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(s),
+        }
+    }
+
+    /// Indexes config from sources that may disagree (istiod mid-update, or istiod and the
+    /// local file): the first of two entries with the same key or address wins and each
+    /// conflict is returned, so one stale entry cannot take the whole config down. Takes the
+    /// entries shared, so a rebuild after a one-workload change copies pointers, not workloads.
+    pub fn merged(
+        workloads: impl IntoIterator<Item = Arc<Workload>>,
+        services: impl IntoIterator<Item = Arc<Service>>,
+        policies: impl IntoIterator<Item = Arc<Policy>>,
+    ) -> (Self, Vec<SnapshotError>) {
+        let mut conflicts = Vec::new();
+        let s = Self::index(workloads, services, policies, &mut |e| {
+            conflicts.push(e);
+            true
+        });
+        (s, conflicts)
+    }
+
+    /// `conflict` hears every duplicate and says whether to go on (skipping the later entry,
+    /// or for an address only its index entry) or stop.
+    fn index(
+        workloads: impl IntoIterator<Item = Arc<Workload>>,
+        services: impl IntoIterator<Item = Arc<Service>>,
+        policies: impl IntoIterator<Item = Arc<Policy>>,
+        conflict: &mut dyn FnMut(SnapshotError) -> bool,
+    ) -> Self {
+        let workloads = workloads.into_iter();
         let mut s = ConfigSnapshot::default();
-        let mut uid_pos = HashMap::new();
-        let mut ip_pos = HashMap::new();
-        for (i, w) in workloads.into_iter().enumerate() {
-            let w = Arc::new(w);
-            if let Some(&first) = uid_pos.get(&w.uid) {
-                return Err(SnapshotError::DuplicateUid {
+        s.by_uid.reserve(workloads.size_hint().0);
+        s.by_ip.reserve(workloads.size_hint().0);
+        // Input position of each accepted workload, to name the first of a conflicting pair
+        // (looked up only when there is a conflict, so the common path hashes each key once).
+        let mut accepted_pos = Vec::with_capacity(workloads.size_hint().0);
+        let first_pos = |s: &ConfigSnapshot, held: &Arc<Workload>, pos: &[usize]| {
+            s.workloads
+                .iter()
+                .position(|x| Arc::ptr_eq(x, held))
+                .map_or(0, |j| pos[j])
+        };
+        for (i, w) in workloads.enumerate() {
+            if let Some(held) = s.by_uid.get(&w.uid) {
+                let first = first_pos(&s, held, &accepted_pos);
+                let go_on = conflict(SnapshotError::DuplicateUid {
                     uid: w.uid.clone(),
                     first,
                     second: i,
                 });
+                if go_on {
+                    continue;
+                }
+                return s;
             }
-            uid_pos.insert(w.uid.clone(), i);
             // Host-network pods carry their node's IP; indexing it would claim the node.
             if w.network_mode == NetworkMode::Standard {
                 for ip in &w.workload_ips {
-                    match ip_pos.entry(*ip) {
+                    match s.by_ip.entry(*ip) {
                         Entry::Occupied(e) => {
-                            return Err(SnapshotError::DuplicateWorkloadIp {
+                            let held = e.get().clone();
+                            let first = first_pos(&s, &held, &accepted_pos);
+                            let go_on = conflict(SnapshotError::DuplicateWorkloadIp {
                                 ip: *ip,
-                                first: *e.get(),
+                                first,
                                 second: i,
-                            })
+                            });
+                            if !go_on {
+                                return s;
+                            }
                         }
                         Entry::Vacant(e) => {
-                            e.insert(i);
-                            s.by_ip.insert(*ip, w.clone());
+                            e.insert(w.clone());
                         }
                     }
                 }
@@ -150,64 +208,85 @@ impl ConfigSnapshot {
             let key = s.pod_name_key(&w.namespace, &w.name);
             s.by_pod_name.entry(key).or_default().push(i);
             s.workloads.push(w);
+            accepted_pos.push(i);
         }
 
         let mut key_pos = HashMap::new();
         for (i, svc) in services.into_iter().enumerate() {
             let key = svc.key();
-            if let Some(&first) = key_pos.get(&key) {
-                return Err(SnapshotError::DuplicateService {
+            if let Some(&(first, _)) = key_pos.get(&key) {
+                let go_on = conflict(SnapshotError::DuplicateService {
                     key,
                     first,
                     second: i,
                 });
-            }
-            key_pos.insert(key.clone(), i);
-            for vip in &svc.vips {
-                if let Some(&first) = s.by_vip.get(&vip.address) {
-                    return Err(SnapshotError::DuplicateVip {
-                        ip: vip.address,
-                        first,
-                        second: i,
-                    });
+                if go_on {
+                    continue;
                 }
-                s.by_vip.insert(vip.address, i);
+                return s;
             }
-            let eps = s
-                .workloads
-                .iter()
-                .filter(|w| w.services.contains_key(&key))
-                .cloned()
-                .collect();
-            s.endpoints.push(eps);
+            let idx = s.services.len();
+            key_pos.insert(key.clone(), (i, idx));
+            for vip in &svc.vips {
+                match s.by_vip.entry(vip.address) {
+                    Entry::Occupied(e) => {
+                        let go_on = conflict(SnapshotError::DuplicateVip {
+                            ip: vip.address,
+                            first: *e.get(),
+                            second: i,
+                        });
+                        if !go_on {
+                            return s;
+                        }
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(idx);
+                    }
+                }
+            }
             s.service_keys.push(key);
-            s.services.push(Arc::new(svc));
+            s.services.push(svc);
+        }
+        // Endpoints by walking each workload's own service list once: O(workloads x their
+        // services), where asking every workload about every service would be O(W x S).
+        s.endpoints = vec![Vec::new(); s.services.len()];
+        for w in &s.workloads {
+            for key in w.services.keys() {
+                if let Some(&(_, idx)) = key_pos.get(key) {
+                    s.endpoints[idx].push(w.clone());
+                }
+            }
         }
 
         let mut policy_pos = HashMap::new();
         for (i, p) in policies.into_iter().enumerate() {
             let key = p.key();
             if let Some(&first) = policy_pos.get(&key) {
-                return Err(SnapshotError::DuplicatePolicy {
+                let go_on = conflict(SnapshotError::DuplicatePolicy {
                     key,
                     first,
                     second: i,
                 });
+                if go_on {
+                    continue;
+                }
+                return s;
             }
             policy_pos.insert(key.clone(), i);
+            let idx = s.policies.len();
             match p.scope {
-                Scope::Global => s.global_policies.push(i),
+                Scope::Global => s.global_policies.push(idx),
                 Scope::Namespace => s
                     .namespace_policies
                     .entry(p.namespace.clone())
                     .or_default()
-                    .push(i),
+                    .push(idx),
                 Scope::WorkloadSelector => {}
             }
-            s.policy_by_key.insert(key, i);
-            s.policies.push(Arc::new(p));
+            s.policy_by_key.insert(key, idx);
+            s.policies.push(p);
         }
-        Ok(s)
+        s
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {

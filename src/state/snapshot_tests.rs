@@ -175,6 +175,44 @@ fn host_network_workloads_are_not_indexed_by_ip() {
     assert!(s.workload_by_uid("h2").is_some());
 }
 
+#[test]
+fn merged_keeps_the_first_of_conflicting_entries_and_reports_the_rest() {
+    let a = Arc::new(wl("a", "10.0.0.1", &[(SVC, 80, 8080)]));
+    let a_again = Arc::new(wl("a", "10.0.0.9", &[]));
+    let b_same_ip = Arc::new(wl("b", "10.0.0.1", &[(SVC, 80, 8080)]));
+    let mut other = svc(&[]);
+    other.hostname = "other".into();
+    let (s, conflicts) = ConfigSnapshot::merged(
+        vec![a, a_again, b_same_ip],
+        vec![Arc::new(svc(&[(80, 8080)])), Arc::new(other)],
+        vec![],
+    );
+    assert_eq!(conflicts.len(), 3, "{conflicts:?}");
+    assert!(matches!(conflicts[0], SnapshotError::DuplicateUid { .. }));
+    assert!(matches!(
+        conflicts[1],
+        SnapshotError::DuplicateWorkloadIp { .. }
+    ));
+    assert!(matches!(conflicts[2], SnapshotError::DuplicateVip { .. }));
+    // "a" keeps the IP; "b" is still a workload and still an endpoint.
+    assert_eq!(
+        s.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap().uid,
+        "a"
+    );
+    assert!(s.workload_by_uid("b").is_some());
+    assert!(s.workload_by_ip("10.0.0.9".parse().unwrap()).is_none());
+    let echo = s.services().next().unwrap().clone();
+    assert_eq!(s.endpoints(&echo).len(), 2);
+    // The VIP stays with the first service; the second one is kept without it.
+    assert_eq!(s.services().count(), 2);
+    assert_eq!(
+        s.service_by_vip("10.96.0.10".parse().unwrap())
+            .unwrap()
+            .hostname,
+        echo.hostname
+    );
+}
+
 fn pod(uid: &str, name: &str, sa: &str, node: &str) -> Workload {
     Workload {
         uid: uid.into(),
