@@ -167,7 +167,8 @@ fn cert_source(
         address,
         root_ca: settings.ca_root_ca.clone(),
         alt_hostname: settings.alt_ca_hostname.clone(),
-        token_path: settings.ca_token_path.clone(),
+        // One token for xDS and the CA, as upstream (AUTH_TOKEN).
+        token_path: settings.xds.auth_token.clone(),
         cluster_id: settings.cluster_id.clone(),
     })?;
     // The mesh trusts CA_ROOT_CA: every chain the CA returns is checked to lead there.

@@ -86,17 +86,6 @@ pub struct Settings {
     #[arg(long, env = "ALT_CA_HOSTNAME", value_name = "NAME")]
     pub alt_ca_hostname: Option<String>,
 
-    /// ztunnel's projected service-account token (audience istio-ca), sent as the bearer token
-    /// to the Istio CA and re-read for every request.
-    /// (Upstream hard-codes this path; the variable is ours.)
-    #[arg(
-        long,
-        env = "CA_TOKEN_PATH",
-        value_name = "FILE",
-        default_value = "/var/run/secrets/tokens/istio-token"
-    )]
-    pub ca_token_path: PathBuf,
-
     /// Lifetime of issued workload certificates (e.g. 24h, 90m); they are renewed at half-life.
     #[arg(
         long,
@@ -279,7 +268,6 @@ mod tests {
         "CA_ADDRESS",
         "CA_ROOT_CA",
         "ALT_CA_HOSTNAME",
-        "CA_TOKEN_PATH",
         "XDS_ADDRESS",
         "SECRET_TTL",
         "CONNECTION_TERMINATION_DEADLINE",
@@ -361,10 +349,6 @@ mod tests {
         assert_eq!(
             s.ca_root_ca,
             PathBuf::from("./var/run/secrets/istio/root-cert.pem")
-        );
-        assert_eq!(
-            s.ca_token_path,
-            PathBuf::from("/var/run/secrets/tokens/istio-token")
         );
     }
 
