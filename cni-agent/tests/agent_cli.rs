@@ -1,6 +1,8 @@
 //! The `cni-agent` binary's subcommands against temp dirs, configured through the environment
 //! as a DaemonSet would.
 
+mod node;
+
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -132,20 +134,21 @@ fn run_serves_plugins_and_stays_installed_when_stopped() {
     let dir = setup();
     let root = dir.path();
     let sock = root.join("run/plugin.sock");
-    // The API the agent watches: the pod exists, nothing is labelled for the mesh.
-    let api = kube_standin::KubeStandin::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    api.write_kubeconfig(&root.join("kubeconfig")).unwrap();
-    api.create(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": "demo"}}))
-        .unwrap();
-    api.create(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "demo"},
-        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "busybox"}]}}))
+    // The API the agent watches (the real apiserver, the agent with its own service
+    // account's token): the pod exists, nothing is labelled for the mesh.
+    let api_node = node::Node::new("nftables");
+    api_node.create_namespace("demo", false);
+    let ns = api_node.ns("demo");
+    api_node
+        .api()
+        .create(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"nodeName": api_node.name, "containers": [{"name": "app", "image": "busybox"}]}}))
         .unwrap();
     let mut run = Running(
         agent(root, &["run", "--recheck-ms", "100"])
-            .env("NODE_NAME", "node-1")
-            .env("KUBECONFIG", root.join("kubeconfig"))
+            .env("NODE_NAME", &api_node.name)
+            .env("KUBECONFIG", api_node.kubeconfig_path())
             .env("ZTUNNEL_UDS_ADDRESS", root.join("zds.sock"))
             .stderr(Stdio::null())
             .spawn()
@@ -176,7 +179,7 @@ fn run_serves_plugins_and_stays_installed_when_stopped() {
         .env("CNI_PATH", "/opt/cni/bin")
         .env(
             "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME=web"),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

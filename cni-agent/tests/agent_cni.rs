@@ -129,7 +129,7 @@ fn add_for_a_pod_the_watch_has_not_seen_yet() {
     // A runtime asking for a uid the API does not have fails the ADD.
     let stranger = TestPod {
         uid: "00000000-0000-0000-0000-000000000000".into(),
-        namespace: "mesh".into(),
+        namespace: node.ns("mesh"),
         name: "fresh".into(),
         ..TestPod::create(&format!("{}-stranger", node.prefix), node.next_ip())
     };

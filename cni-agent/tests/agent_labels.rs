@@ -1,13 +1,19 @@
-//! Label-driven capture: the real `cni-agent run` watches a kube-standin and captures running
+//! Label-driven capture: the real `cni-agent run` watches a real apiserver and captures running
 //! pods when their namespace (or they) get `istio.io/dataplane-mode=ambient`, and releases them
 //! without a trace when the label goes.
 
 mod node;
 
-use std::time::Instant;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use controlplane::{ControlPlane, Forward, Options, Resource};
 use node::{wait_for, FakeZtunnel, Node, ZEvent, AMBIENT};
 use serde_json::json;
+
+/// What the apiserver says to a watch resuming from compacted history (the 410 Gone status).
+const GONE: &str = "too old resource version";
 
 fn namespace_label_captures_and_releases(backend: &'static str) {
     let mut node = Node::new(backend);
@@ -23,7 +29,7 @@ fn namespace_label_captures_and_releases(backend: &'static str) {
     wait_for("ztunnel to connect", || {
         zt.events().contains(&ZEvent::Connected)
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300));
     for p in &pods {
         assert!(
             zt.got_add(&p.uid).is_none(),
@@ -52,7 +58,7 @@ fn namespace_label_captures_and_releases(backend: &'static str) {
     }
     let took = start.elapsed();
     eprintln!("[{backend}] namespace label → all pods captured in {took:?} (target 2 s)");
-    if took > std::time::Duration::from_secs(2) {
+    if took > Duration::from_secs(2) {
         eprintln!("WARNING: capture took {took:?}, over the 2 s target (loaded machine?)");
     }
 
@@ -100,36 +106,25 @@ fn pod_label_deletion_and_completion() {
     assert!(!other.captured() && zt.got_add(&other.uid).is_none());
 
     // Terminating (graceful deletion under way): the pod drains with its capture in place.
-    node.api
-        .merge_patch(
-            kube_standin::Resource::Pod,
-            Some("plain"),
-            "solo",
-            &json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
-        )
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    node.terminate_pod("plain", "solo");
+    let terminating = node
+        .api()
+        .get(Resource::Pod, Some(&node.ns("plain")), "solo")
+        .expect("a terminating pod stays in the API until its kubelet confirms");
+    assert!(terminating["metadata"]["deletionTimestamp"].is_string());
+    std::thread::sleep(Duration::from_secs(1));
     assert!(
         solo.captured() && !zt.got_del(&solo.uid),
         "a terminating pod must stay captured until it is gone"
     );
 
     // Deleted from the API: rules out of the (still existing) netns, ztunnel told.
-    node.api
-        .delete(kube_standin::Resource::Pod, Some("plain"), "solo")
-        .unwrap();
+    node.delete_pod("plain", "solo");
     wait_for("deleted pod released", || zt.got_del(&solo.uid));
     wait_for("deleted pod's rules removed", || solo.rules() == before.0);
 
     // Finished (phase Succeeded): released, annotation removed.
-    node.api
-        .merge_patch(
-            kube_standin::Resource::Pod,
-            Some("plain"),
-            "done",
-            &json!({"status": {"phase": "Succeeded"}}),
-        )
-        .unwrap();
+    node.set_phase("plain", "done", "Succeeded");
     wait_for("finished pod released", || {
         zt.got_del(&done.uid) && node.annotation("plain", "done").is_none()
     });
@@ -138,30 +133,76 @@ fn pod_label_deletion_and_completion() {
     node.stop_agent();
 }
 
+/// A TCP relay between the agent and the apiserver (the fixture's port forward, in this
+/// netns): dropping it is an outage for the agent alone, while the test still reaches the
+/// apiserver directly. Started again on the same port, the agent's kubeconfig stays right.
+fn relay(listen: SocketAddr, apiserver: SocketAddr) -> Forward {
+    Forward::start(Path::new("/proc/self/ns/net"), listen, apiserver).unwrap()
+}
+
 #[test]
 fn watch_relist_after_410_gone_keeps_reconciling() {
-    let mut node = Node::new("nftables");
+    // A control plane of its own: restarting its apiserver would cut the other tests' agents.
+    let cp = ControlPlane::start(Options { istiod: false }).unwrap();
+    let apiserver: SocketAddr = cp.server().trim_start_matches("https://").parse().unwrap();
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut forward = Some(relay(listen, apiserver));
+    let mut node = Node::on(&cp, "nftables");
+    node::cluster::write_agent_kubeconfig(
+        &cp,
+        &node.kubeconfig_path(),
+        Some(&format!("https://{listen}")),
+    );
     node.create_namespace("shop", false);
+    node.create_namespace("mesh", true);
     let zt = FakeZtunnel::start(&node.zds_path());
     let a = node.running_pod("shop", "a", json!({}), json!({}));
+    let b = node.running_pod("mesh", "b", json!({}), json!({}));
     node.start_agent();
     node.wait_watching();
-    // Like an API server restart after compaction: watches cut, old resourceVersions 410 Gone.
-    node.api.expire_history();
+    wait_for("b captured", || {
+        b.captured() && node.annotation("mesh", "b").as_deref() == Some("enabled")
+    });
+    assert!(!a.captured(), "a's namespace is not labelled yet");
+
+    // The agent's watches cut, and it cannot reconnect: what changes now reaches it only
+    // through a re-list. A namespace gets labelled, and a captured pod is deleted (a Delete
+    // event it will never get).
+    drop(forward.take());
     node.label_namespace("shop", Some(AMBIENT));
-    wait_for("capture after the re-list", || {
+    node.delete_pod("mesh", "b");
+    // Like an apiserver upgrade on a cluster that compacts: the history the agent's watches
+    // would resume from is gone from etcd and from the apiserver's watch cache, so resuming
+    // gets 410 Gone.
+    let revision = cp.compact_etcd().unwrap();
+    cp.restart_apiserver().unwrap();
+    forward = Some(relay(listen, apiserver));
+    let start = Instant::now();
+    // The watcher's backoff grew while the apiserver was away (up to 30 s between tries).
+    let wait_long = |what: &str, f: &dyn Fn() -> bool| {
+        controlplane::wait_until(Duration::from_secs(90), what, f)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", node.log()))
+    };
+    wait_long("a captured after the re-list", &|| {
         a.captured() && node.annotation("shop", "a").as_deref() == Some("enabled")
     });
-    // A pod deleted while the watch is down is noticed at the re-list.
-    node.api.close_watches();
-    node.api
-        .delete(kube_standin::Resource::Pod, Some("shop"), "a")
-        .unwrap();
-    node.api.expire_history();
-    wait_for("deleted pod released after the re-list", || {
-        zt.got_del(&a.uid) && !a.captured()
+    wait_long("the deleted pod released after the re-list", &|| {
+        zt.got_del(&b.uid) && !b.captured()
     });
+    eprintln!(
+        "etcd compacted at {revision}; caught up {:?} after the agent could reach the apiserver again",
+        start.elapsed()
+    );
+    let log = node.log();
+    assert!(
+        log.contains(GONE),
+        "the agent's watches resumed without a 410 Gone, so no re-list was tested\n{log}"
+    );
     node.stop_agent();
+    drop(forward);
 }
 
 #[test]

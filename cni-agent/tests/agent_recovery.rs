@@ -157,9 +157,9 @@ fn finished_pod_is_released_without_touching_the_pod_that_reused_its_ip() {
     // A new pod got the IP of a finished one (IPAM reuses addresses once a sandbox is gone).
     let new = node.running_pod("jobs", "new", json!({}), json!({}));
     let old = node
-        .api
+        .api()
         .create(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "old", "namespace": "jobs",
+            "metadata": {"name": "old", "namespace": node.ns("jobs"),
                 "annotations": {node::ANNOTATION: "enabled"}},
             "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": "busybox"}]},
             "status": {"phase": "Succeeded", "podIP": new.ip.to_string()}}))

@@ -1,18 +1,23 @@
-//! A node for the agent's tests: the real `cni-agent run` binary against an in-process
-//! kube-standin, pods as netns with a veth and an IP from a subnet of their own, and a scripted
-//! ztunnel speaking ZDS.
+//! A node for the agent's tests: the real `cni-agent run` binary against a real apiserver
+//! (shared by the tests of one binary, see `cluster`) with its own service account's token,
+//! pods as netns with a veth and an IP from a subnet of their own, and a scripted ztunnel
+//! speaking ZDS. Everything a node puts into the API is named after its unique prefix (the
+//! Node object, its namespaces `<prefix>-<short name>`), so tests sharing the apiserver never
+//! see each other's objects, and is deleted when the node is dropped.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pods;
 pub mod ztunnel;
 
+use std::cell::RefCell;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube_standin::{KubeStandin, Resource};
+use controlplane::{ControlPlane, Resource};
 use serde_json::{json, Value};
 use test_support::{unique_prefix, ChildGuard};
 
@@ -26,6 +31,9 @@ pub const PLUGIN: &str = env!("CARGO_BIN_EXE_meshtunnel-cni");
 pub const AMBIENT: &str = "ambient";
 pub const LABEL: &str = "istio.io/dataplane-mode";
 pub const ANNOTATION: &str = "ambient.istio.io/redirection";
+
+/// The line the agent logs once its pod and namespace watches have both listed.
+pub const SYNCED: &str = "watch caches synced";
 
 /// Generous: the machine is loaded. Targets (e.g. "captured within 2 s") are printed and named
 /// in assertion messages; the tests fail only past these.
@@ -43,11 +51,15 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
-pub struct Node {
+pub struct Node<'cp> {
     pub prefix: String,
     pub name: String,
-    pub api: KubeStandin,
+    pub cp: &'cp ControlPlane,
     pub dir: tempfile::TempDir,
+    /// Namespaces this node created, deleted (with their pods) on drop.
+    namespaces: RefCell<Vec<String>>,
+    /// Where the running agent's log starts in the (appended) log file.
+    log_start: usize,
     /// Pod IPs come from a /28 inside 100.64.0.0/10 chosen by 18 of the prefix's 20 bits, so
     /// discovery by IP cannot find another live test's pod (prefixes are unique among live netns).
     subnet_base: u32,
@@ -58,12 +70,20 @@ pub struct Node {
     pub extra_env: Vec<(&'static str, String)>,
 }
 
-impl Node {
-    pub fn new(backend: &'static str) -> Node {
+impl Node<'static> {
+    /// A node on the control plane shared by this test binary.
+    pub fn new(backend: &'static str) -> Node<'static> {
+        Node::on(cluster::shared(), backend)
+    }
+}
+
+impl<'cp> Node<'cp> {
+    /// A node on `cp`: its Node object is created, the agent gets a kubeconfig with its
+    /// service account's token.
+    pub fn on(cp: &'cp ControlPlane, backend: &'static str) -> Node<'cp> {
         let prefix = unique_prefix();
         let h = u32::from_str_radix(&prefix[2..], 16).unwrap();
         let subnet_base = u32::from(Ipv4Addr::new(100, 64, 0, 0)) | ((h & 0x3_ffff) << 4);
-        let api = KubeStandin::start("127.0.0.1:0".parse().unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("net.d")).unwrap();
         fs::write(
@@ -71,19 +91,46 @@ impl Node {
             r#"{"cniVersion":"0.4.0","name":"ptp-net","plugins":[{"type":"ptp","ipam":{"type":"host-local","subnet":"10.77.0.0/16"}}]}"#,
         )
         .unwrap();
-        api.write_kubeconfig(&dir.path().join("kubeconfig"))
+        cluster::write_agent_kubeconfig(cp, &dir.path().join("kubeconfig"), None);
+        let name = format!("node-{prefix}");
+        // What a kubelet registers; pods bound to it need it (see the fixture's notes).
+        cp.api()
+            .create(json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}))
             .unwrap();
         Node {
-            name: format!("node-{prefix}"),
+            name,
             prefix,
-            api,
+            cp,
             dir,
+            namespaces: RefCell::new(Vec::new()),
+            log_start: 0,
             subnet_base,
             next_ip: 1,
             agent: None,
             backend,
             extra_env: Vec::new(),
         }
+    }
+
+    /// The apiserver's JSON client (admin).
+    pub fn api(&self) -> &'cp controlplane::Api {
+        self.cp.api()
+    }
+
+    /// The API name of this node's namespace `short` (`<prefix>-<short>`); a name that is
+    /// already one is returned as it is.
+    pub fn ns(&self, short: &str) -> String {
+        if short.starts_with(&format!("{}-", self.prefix)) {
+            short.to_owned()
+        } else {
+            format!("{}-{short}", self.prefix)
+        }
+    }
+
+    /// The agent's kubeconfig (its service account's token).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
     }
 
     pub fn zds_path(&self) -> PathBuf {
@@ -115,7 +162,7 @@ impl Node {
             .env("MESHTUNNEL_CNI_PLUGIN_BINARY", PLUGIN)
             .env("MESHTUNNEL_CNI_AGENT_SOCKET", self.plugin_socket())
             .env("NODE_NAME", &self.name)
-            .env("KUBECONFIG", root.join("kubeconfig"))
+            .env("KUBECONFIG", self.kubeconfig_path())
             .env("ZTUNNEL_UDS_ADDRESS", self.zds_path())
             .env("MESHTUNNEL_REDIRECT_BACKEND", self.backend)
             .env("MESHTUNNEL_RETRY_MAX_MS", "1000")
@@ -130,6 +177,7 @@ impl Node {
     /// Starts `cni-agent run` and waits until it serves the plugin socket.
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "agent already running");
+        self.log_start = self.log().len();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,33 +205,36 @@ impl Node {
         assert!(status.success(), "agent exit {status:?}\n{}", self.log());
     }
 
-    pub fn create_namespace(&self, name: &str, ambient: bool) {
+    /// Creates this node's namespace `short` (see `ns`).
+    pub fn create_namespace(&self, short: &str, ambient: bool) {
+        let name = self.ns(short);
         let mut labels = json!({});
         if ambient {
             labels[LABEL] = AMBIENT.into();
         }
-        self.api
+        self.api()
             .create(json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": name, "labels": labels}}))
             .unwrap();
+        self.namespaces.borrow_mut().push(name);
     }
 
-    pub fn label_namespace(&self, name: &str, value: Option<&str>) {
-        self.api
+    pub fn label_namespace(&self, short: &str, value: Option<&str>) {
+        self.api()
             .merge_patch(
                 Resource::Namespace,
                 None,
-                name,
+                &self.ns(short),
                 &json!({"metadata": {"labels": {LABEL: value}}}),
             )
             .unwrap();
     }
 
     pub fn label_pod(&self, ns: &str, name: &str, value: Option<&str>) {
-        self.api
+        self.api()
             .merge_patch(
                 Resource::Pod,
-                Some(ns),
+                Some(&self.ns(ns)),
                 name,
                 &json!({"metadata": {"labels": {LABEL: value}}}),
             )
@@ -198,17 +249,19 @@ impl Node {
         ip
     }
 
-    /// A running pod: its netns (with an IP) and its API object on this node.
+    /// A running pod: its netns (with an IP) and its API object on this node, in this node's
+    /// namespace `ns` (short name).
     pub fn running_pod(&mut self, ns: &str, name: &str, labels: Value, spec: Value) -> TestPod {
         let ip = self.next_ip();
         let pod = TestPod::create(&format!("{}-{ns}-{name}", self.prefix), ip);
+        let ns = &self.ns(ns);
         let mut full_spec = json!({"nodeName": self.name, "serviceAccountName": format!("sa-{name}"),
             "containers": [{"name": "app", "image": "busybox"}]});
         for (k, v) in spec.as_object().unwrap() {
             full_spec[k] = v.clone();
         }
         let created = self
-            .api
+            .api()
             .create(json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": ns, "labels": labels},
                 "spec": full_spec,
@@ -227,8 +280,9 @@ impl Node {
     /// IP yet; its netns already exists (only a CNI ADD can tell the agent where it is).
     pub fn pending_pod(&mut self, ns: &str, name: &str) -> TestPod {
         let pod = TestPod::create(&format!("{}-{ns}-{name}", self.prefix), self.next_ip());
+        let ns = &self.ns(ns);
         let created = self
-            .api
+            .api()
             .create(json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": ns},
                 "spec": {"nodeName": self.name, "containers": [{"name": "app", "image": "busybox"}]},
@@ -243,8 +297,8 @@ impl Node {
     }
 
     pub fn annotation(&self, ns: &str, name: &str) -> Option<String> {
-        self.api
-            .get(Resource::Pod, Some(ns), name)?
+        self.api()
+            .get(Resource::Pod, Some(&self.ns(ns)), name)?
             .pointer(&format!(
                 "/metadata/annotations/{}",
                 ANNOTATION.replace('/', "~1")
@@ -253,9 +307,51 @@ impl Node {
             .map(str::to_owned)
     }
 
-    /// Waits for the agent's watches on the stand-in (pods and namespaces).
+    /// Graceful deletion, as `kubectl delete pod` starts it: the pod gets a deletionTimestamp
+    /// and stays (Terminating) until its kubelet, which these tests play, confirms it gone.
+    pub fn terminate_pod(&self, ns: &str, name: &str) {
+        let path = Resource::Pod.path(Some(&self.ns(ns)), Some(name));
+        self.api()
+            .request(
+                http::Method::DELETE,
+                &path,
+                "application/json",
+                Some(&json!({"apiVersion": "v1", "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 30})),
+            )
+            .unwrap();
+    }
+
+    /// The pod gone from the API (the kubelet's final delete).
+    pub fn delete_pod(&self, ns: &str, name: &str) {
+        assert!(
+            self.api()
+                .delete(Resource::Pod, Some(&self.ns(ns)), name)
+                .unwrap(),
+            "pod {ns}/{name} did not exist"
+        );
+    }
+
+    /// A pod's phase, as its kubelet reports it (status subresource).
+    pub fn set_phase(&self, ns: &str, name: &str, phase: &str) {
+        self.api()
+            .patch_status(
+                Resource::Pod,
+                Some(&self.ns(ns)),
+                name,
+                &json!({"status": {"phase": phase}}),
+            )
+            .unwrap();
+    }
+
+    /// Waits until the running agent logged that both its watches (pods, namespaces) have
+    /// their initial list: from then on every change is seen through the watches.
     pub fn wait_watching(&self) {
-        wait_for("the agent's two watches", || self.api.active_watches() >= 2);
+        wait_for("the agent's pod and namespace watches to sync", || {
+            self.log()
+                .get(self.log_start..)
+                .is_some_and(|l| l.contains(SYNCED))
+        });
     }
 
     pub fn root(&self) -> &Path {
@@ -263,10 +359,25 @@ impl Node {
     }
 }
 
-impl Drop for Node {
+impl Drop for Node<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("---- agent log ({}) ----\n{}", self.name, self.log());
         }
+        // The agent first, so it does not react to the clean-up below.
+        drop(self.agent.take());
+        // Pods bound to a node are deleted gracefully and wait for a kubelet: delete them at
+        // once, or their namespaces would stay Terminating. Best effort: a failing clean-up
+        // must not hide the test's own failure.
+        let api = self.cp.api();
+        for ns in self.namespaces.borrow().iter() {
+            for pod in api.list(Resource::Pod, Some(ns)).unwrap_or_default() {
+                if let Some(name) = pod["metadata"]["name"].as_str() {
+                    let _ = api.delete(Resource::Pod, Some(ns), name);
+                }
+            }
+            let _ = api.delete(Resource::Namespace, None, ns);
+        }
+        let _ = api.delete(Resource::Node, None, &self.name);
     }
 }
