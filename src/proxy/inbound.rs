@@ -1,5 +1,7 @@
-//! 15008: HBONE from other ztunnels. Terminate mTLS with this pod's certificate, then serve
-//! each CONNECT by dialing the app from inside the pod, as the original client.
+//! 15008: HBONE from other ztunnels and waypoints. Terminate mTLS with this pod's certificate,
+//! then serve each CONNECT by dialing the app from inside the pod, as the original client:
+//! the peer itself, or, when the peer is a waypoint this pod sits behind, the client the
+//! waypoint names in `Forwarded`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,7 +62,8 @@ async fn stream(
     mut respond: SendResponse<Bytes>,
 ) {
     let snapshot = inputs.state.current();
-    let local = match snapshot.workload_by_uid(&inputs.uid) {
+    let me = snapshot.workload_by_uid(&inputs.uid);
+    let local = match me {
         Some(w) => LocalTargets::Known(&w.workload_ips),
         None => LocalTargets::Unknown,
     };
@@ -72,7 +75,25 @@ async fn stream(
             return;
         }
     };
-    let meter = inputs.meter.inbound(&snapshot, peer, target, Some(&client));
+    // Only a waypoint of this pod is trusted to name someone else as the client; anyone else's
+    // `forwarded` header is ignored.
+    let from_waypoint = me.is_some_and(|w| snapshot.peer_is_waypoint_for(w, &client, peer.ip()));
+    let origin = if from_waypoint {
+        let named = req
+            .headers()
+            .get(http::header::FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(hbone::parse_forwarded_for);
+        if named.is_none() {
+            tracing::debug!(uid = %inputs.uid, %peer, %client, "waypoint sent no usable forwarded for=; the app sees the waypoint");
+        }
+        named.unwrap_or(peer)
+    } else {
+        peer
+    };
+    let meter = inputs
+        .meter
+        .inbound(&snapshot, origin, target, Some(&client));
     drop(snapshot);
     let admitted = match live.admit(
         &inputs.state,
@@ -87,8 +108,9 @@ async fn stream(
         }
     };
     // The outer connection comes from the client pod's own namespace, so its source IP is the
-    // client pod's IP: that is what the app should see.
-    let app = match connect(inputs.factory.as_ref(), target, Some(peer.ip())).await {
+    // client pod's IP (or the waypoint's, which named the client instead): that is what the
+    // app should see.
+    let app = match connect(inputs.factory.as_ref(), target, Some(origin.ip())).await {
         Ok(s) => s,
         Err(e) => {
             hbone::reject(respond, StatusCode::SERVICE_UNAVAILABLE);
@@ -111,7 +133,8 @@ async fn stream(
 }
 
 /// The outer connection comes from the client pod's own namespace, so its source IP is the
-/// client pod's IP: the one policies (and the app) see.
+/// client pod's IP: the one policies see. Through a waypoint, policies see the waypoint
+/// (its identity and address), as upstream: the waypoint enforced the client's policy.
 fn conn_info(client: &Identity, peer: SocketAddr, target: SocketAddr) -> ConnInfo {
     ConnInfo {
         src_ip: peer.ip().to_canonical(),

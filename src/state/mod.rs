@@ -9,6 +9,7 @@ mod policy;
 mod service;
 mod snapshot;
 mod store;
+mod waypoint;
 mod workload;
 
 pub use policy::{
@@ -17,7 +18,11 @@ pub use policy::{
 pub use service::Service;
 pub use snapshot::{ConfigSnapshot, ResolveError, SnapshotError, Upstream};
 pub use store::State;
+pub use waypoint::{Route, WaypointGap, WaypointHop};
 pub use workload::{
     GatewayAddress, GatewayDestination, HealthStatus, NetworkAddress, NetworkAddressParseError,
     NetworkMode, Protocol, Workload,
 };
+
+#[cfg(test)]
+mod waypoint_tests;

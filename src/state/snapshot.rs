@@ -17,6 +17,8 @@ pub struct ConfigSnapshot {
     by_uid: HashMap<String, Arc<Workload>>,
     /// Index into `services` / `endpoints` / `service_keys`.
     by_vip: HashMap<IpAddr, usize>,
+    /// `namespace/hostname` → index, for waypoints named by hostname.
+    by_key: HashMap<String, usize>,
     /// Parallel to `services`; precomputed so the per-connection path does not format keys.
     service_keys: Vec<String>,
     endpoints: Vec<Vec<Arc<Workload>>>,
@@ -96,6 +98,14 @@ pub enum ResolveError {
     NoEndpoints { service: String, port: u16 },
     #[error("port {port} is not a port of service {service}")]
     PortNotInService { service: String, port: u16 },
+    /// The destination must go through its waypoint, and the waypoint cannot be used: the
+    /// connection is refused rather than sent around the waypoint's L7 policy.
+    #[error("{destination} must go through waypoint {waypoint}, which is {reason}")]
+    WaypointUnavailable {
+        destination: String,
+        waypoint: String,
+        reason: super::waypoint::WaypointGap,
+    },
 }
 
 impl ConfigSnapshot {
@@ -156,6 +166,7 @@ impl ConfigSnapshot {
                 });
             }
             key_pos.insert(key.clone(), i);
+            s.by_key.insert(key.clone(), i);
             for vip in &svc.vips {
                 if let Some(&first) = s.by_vip.get(&vip.address) {
                     return Err(SnapshotError::DuplicateVip {
@@ -249,11 +260,22 @@ impl ConfigSnapshot {
 
     /// Workloads naming `service` in their `services` map, in config order (healthy or not).
     pub fn endpoints(&self, service: &Service) -> &[Arc<Workload>] {
-        self.services
-            .iter()
-            .position(|s| s.namespace == service.namespace && s.hostname == service.hostname)
-            .map(|i| self.endpoints[i].as_slice())
+        self.by_key
+            .get(&service.key())
+            .map(|&i| self.endpoints[i].as_slice())
             .unwrap_or(&[])
+    }
+
+    /// The service keyed `namespace/hostname`, with its endpoints (healthy or not).
+    pub(crate) fn service_by_key(&self, key: &str) -> Option<(&Arc<Service>, &[Arc<Workload>])> {
+        self.by_key
+            .get(key)
+            .map(|&i| (&self.services[i], self.endpoints[i].as_slice()))
+    }
+
+    /// The endpoints of the service at VIP `ip` (healthy or not).
+    pub(crate) fn endpoints_by_vip(&self, ip: IpAddr) -> Option<&[Arc<Workload>]> {
+        self.by_vip.get(&ip).map(|&i| self.endpoints[i].as_slice())
     }
 
     /// Where an outbound connection to `dst` (the pod's original destination) should go.
