@@ -12,7 +12,7 @@ use h2::RecvStream;
 use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
-use super::{connect, ProxyInputs};
+use super::{connect_with, ProxyInputs};
 use crate::authz::{ConnInfo, LiveConns};
 use crate::hbone::{self, check_connect, LocalTargets};
 use crate::identity::{peer_identity, Identity};
@@ -25,10 +25,16 @@ pub(super) async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let tls = match tokio_rustls::TlsAcceptor::from(server).accept(tcp).await {
-        Ok(t) => t,
-        Err(e) => {
+    let accept = tokio_rustls::TlsAcceptor::from(server).accept(tcp);
+    let tls = match tokio::time::timeout(inputs.h2.handshake_timeout, accept).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             tracing::warn!(uid = %inputs.uid, %peer, error = %e, "HBONE TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(uid = %inputs.uid, %peer, timeout = ?inputs.h2.handshake_timeout,
+                "HBONE TLS handshake timed out; connection closed");
             return;
         }
     };
@@ -110,7 +116,14 @@ async fn stream(
     // The outer connection comes from the client pod's own namespace, so its source IP is the
     // client pod's IP (or the waypoint's, which named the client instead): that is what the
     // app should see.
-    let app = match connect(inputs.factory.as_ref(), target, Some(origin.ip())).await {
+    let app = match connect_with(
+        inputs.factory.as_ref(),
+        target,
+        Some(origin.ip()),
+        &inputs.h2.sockets,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             hbone::reject(respond, StatusCode::SERVICE_UNAVAILABLE);

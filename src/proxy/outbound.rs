@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::{Method, Request};
 use tokio::net::TcpStream;
 
-use super::{connect, original_dst, ProxyInputs};
+use super::{connect_with, original_dst, ProxyInputs};
 use crate::hbone::{self, Pool, PoolKey};
 use crate::metrics::{ConnMeter, ResponseFlags};
 use crate::state::{Protocol, ResolveError, Route, Upstream, WaypointGap, WaypointHop};
@@ -104,7 +104,7 @@ async fn via_waypoint(
 }
 
 async fn plain(inputs: &ProxyInputs, app: TcpStream, dst: SocketAddr, meter: ConnMeter) {
-    let up = match connect(inputs.factory.as_ref(), dst, None).await {
+    let up = match connect_with(inputs.factory.as_ref(), dst, None, &inputs.h2.sockets).await {
         Ok(s) => s,
         Err(e) => return meter.fail(ResponseFlags::Connect, &e),
     };
