@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::config::{self, Settings};
-use crate::hbone::H2Settings;
 use crate::identity::{CertManager, CertSource, IstioCa, IstioCaSettings, LocalCa, TlsContext};
 use crate::inpod::{self, ProxyConfig, WorkloadManager};
 use crate::logging::LogHandle;
@@ -71,7 +70,7 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
             trust_domain: settings.trust_domain.clone(),
             packet_mark: settings.packet_mark,
             ports: Ports::default(),
-            h2: H2Settings::default(),
+            h2: settings.h2(),
             metrics: metrics.clone(),
         },
         state.clone(),

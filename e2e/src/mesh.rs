@@ -66,6 +66,8 @@ pub struct MeshOptions {
     pub env: Vec<(String, String)>,
     /// The config file's `policies:` list (YAML list items), written at start.
     pub policies: String,
+    /// The echo service's `waypoint:` (a GatewayAddress in flow YAML), if any.
+    pub echo_waypoint: Option<String>,
 }
 
 impl Default for MeshOptions {
@@ -82,6 +84,7 @@ impl Default for MeshOptions {
             release_binary: false,
             env: Vec::new(),
             policies: String::new(),
+            echo_waypoint: None,
         }
     }
 }
@@ -220,6 +223,16 @@ impl Mesh {
 
     /// As [`Mesh::write_config`], with `policies` (YAML list items) as the `policies:` list.
     pub fn write_config_with(&self, pods: &[PodSpec], policies: &str) -> Result<()> {
+        self.write_config_full(pods, policies, self.opts.echo_waypoint.as_deref())
+    }
+
+    /// As [`Mesh::write_config_with`], with `echo_waypoint` as the echo service's waypoint.
+    pub fn write_config_full(
+        &self,
+        pods: &[PodSpec],
+        policies: &str,
+        echo_waypoint: Option<&str>,
+    ) -> Result<()> {
         let mut y = String::from("workloads:\n");
         for p in pods.iter().filter(|p| p.in_config) {
             let svc = if p.name == "b1" {
@@ -241,6 +254,9 @@ impl Mesh {
         y += &format!(
             "services:\n- name: echo\n  namespace: {NAMESPACE}\n  hostname: echo.{NAMESPACE}.svc.cluster.local\n  vips: [\"/10.96.0.10\"]\n  ports:\n    80: 8080\n  subjectAltNames: []\n"
         );
+        if let Some(w) = echo_waypoint {
+            y += &format!("  waypoint: {w}\n");
+        }
         if !policies.is_empty() {
             y += "policies:\n";
             y += policies;

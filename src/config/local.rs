@@ -13,9 +13,13 @@
 //!   node: node-a
 //!   services:                           # required, may be {}
 //!     demo/web.demo.svc.cluster.local: {80: 8080}
+//!   waypoint:                         # optional: traffic addressed to this pod's IP
+//!     destination: /10.96.0.99          # goes through this waypoint (`network/ip` or
+//!     hboneMtlsPort: 15008              # `namespace/hostname` of the waypoint's service)
 //! services:             # optional
 //! - {name: web, namespace: demo, hostname: web.demo.svc.cluster.local,
-//!    vips: [/10.96.0.10], ports: {80: 8080}}
+//!    vips: [/10.96.0.10], ports: {80: 8080},
+//!    waypoint: {destination: demo/waypoint.demo.svc.cluster.local, hboneMtlsPort: 15008}}
 //! policies:             # optional; see crate::state::Policy
 //! ```
 //! Unknown fields are refused; upstream fields we do not use yet are accepted and ignored.
@@ -412,6 +416,23 @@ workloads:
              ports: {{80: 80}}, endpoints: {{}}, canonical: true, ipFamilies: IPv4}}\n"
         );
         parse(&text, p()).unwrap();
+    }
+
+    #[test]
+    fn waypoints_use_upstream_shape() {
+        let text = format!(
+            "{MINIMAL}  waypoint: {{destination: /10.96.0.99, hboneMtlsPort: 15008}}\n\
+             services:\n- {{name: s, namespace: demo, hostname: s.demo, vips: [/10.96.0.1], \
+             waypoint: {{destination: demo/wp.demo.svc.cluster.local, hboneMtlsPort: 15008}}}}\n"
+        );
+        let s = parse(&text, p()).unwrap();
+        let w = s.workloads().next().unwrap().waypoint.clone().unwrap();
+        assert_eq!(w.destination.to_string(), "/10.96.0.99");
+        assert_eq!(w.hbone_mtls_port, 15008);
+        let sw = s.services().next().unwrap().waypoint.clone().unwrap();
+        assert_eq!(sw.destination.to_string(), "demo/wp.demo.svc.cluster.local");
+        let e = err(&text.replace("hboneMtlsPort", "hboneMtlsPortt"));
+        assert!(e.contains("unknown field `hboneMtlsPortt`"), "{e}");
     }
 
     #[test]

@@ -160,6 +160,59 @@ pub struct Settings {
     #[command(flatten)]
     pub xds: crate::xds::XdsSettings,
 
+    /// How long a TCP connect (to a destination, a peer's 15008, or the app) may take before
+    /// the connection fails (upstream: 10 s, fixed).
+    #[arg(
+        long,
+        env = "CONNECT_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub connect_timeout: Duration,
+
+    /// How long the TLS handshake and HTTP/2 preface of a HBONE connection may take, on
+    /// either side, before it is closed.
+    #[arg(
+        long,
+        env = "TLS_HANDSHAKE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub handshake_timeout: Duration,
+
+    /// TCP keepalive on every socket the proxies open or accept, so a peer that vanished is
+    /// noticed and its connection released.
+    #[arg(long, env = "KEEPALIVE_ENABLED", value_name = "BOOL", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub keepalive_enabled: bool,
+
+    /// Idle time before the first keepalive probe.
+    #[arg(
+        long,
+        env = "KEEPALIVE_TIME",
+        value_name = "DURATION",
+        default_value = "180s",
+        value_parser = parse_positive_duration
+    )]
+    pub keepalive_time: Duration,
+
+    /// Time between keepalive probes.
+    #[arg(
+        long,
+        env = "KEEPALIVE_INTERVAL",
+        value_name = "DURATION",
+        default_value = "180s",
+        value_parser = parse_positive_duration
+    )]
+    pub keepalive_interval: Duration,
+
+    /// Unanswered keepalive probes before the connection is dropped.
+    #[arg(long, env = "KEEPALIVE_RETRIES", value_name = "N", default_value_t = 9,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub keepalive_retries: u32,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -173,6 +226,24 @@ pub struct Settings {
         value_parser = parse_log_filter
     )]
     pub log_level: String,
+}
+
+impl Settings {
+    /// The HBONE and socket settings these flags describe.
+    pub fn h2(&self) -> crate::hbone::H2Settings {
+        crate::hbone::H2Settings {
+            handshake_timeout: self.handshake_timeout,
+            sockets: crate::proxy::SocketOptions {
+                connect_timeout: self.connect_timeout,
+                keepalive: self.keepalive_enabled.then_some(crate::proxy::Keepalive {
+                    time: self.keepalive_time,
+                    interval: self.keepalive_interval,
+                    retries: self.keepalive_retries,
+                }),
+            },
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -191,6 +262,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn parse_poll_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     // A zero interval would make the watcher spin on the file.
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// Timeouts and keepalive periods: zero would fail every connection or probe continuously.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
@@ -284,6 +364,12 @@ mod tests {
         "POD_NAME",
         "POD_NAMESPACE",
         "INSTANCE_IP",
+        "CONNECT_TIMEOUT",
+        "TLS_HANDSHAKE_TIMEOUT",
+        "KEEPALIVE_ENABLED",
+        "KEEPALIVE_TIME",
+        "KEEPALIVE_INTERVAL",
+        "KEEPALIVE_RETRIES",
     ];
 
     fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
@@ -370,6 +456,34 @@ mod tests {
             with_env(&off, || parse(&[]).unwrap().istio_ca_address()),
             None
         );
+        // The data path's bounds default to upstream's values.
+        let h2 = s.h2();
+        assert_eq!(h2.sockets, crate::proxy::SocketOptions::default());
+        assert_eq!(h2.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn timeouts_and_keepalive_use_upstream_names() {
+        let vars = [
+            ("CONNECT_TIMEOUT", "2s"),
+            ("TLS_HANDSHAKE_TIMEOUT", "500ms"),
+            ("KEEPALIVE_TIME", "30s"),
+            ("KEEPALIVE_INTERVAL", "5s"),
+            ("KEEPALIVE_RETRIES", "3"),
+        ];
+        let h2 = with_env(&vars, || parse(&[])).unwrap().h2();
+        assert_eq!(h2.sockets.connect_timeout, Duration::from_secs(2));
+        assert_eq!(h2.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(
+            h2.sockets.keepalive,
+            Some(crate::proxy::Keepalive {
+                time: Duration::from_secs(30),
+                interval: Duration::from_secs(5),
+                retries: 3
+            })
+        );
+        let off = with_env(&[("KEEPALIVE_ENABLED", "false")], || parse(&[])).unwrap();
+        assert_eq!(off.h2().sockets.keepalive, None);
     }
 
     #[test]
@@ -414,6 +528,13 @@ mod tests {
             (&["--admin-addr", "0.0.0.0:15000"], "loopback"),
             (&["--admin-addr", "10.0.0.1:15000"], "--admin-addr"),
             (&["--metrics-retention", "5"], "--metrics-retention"),
+            (&["--connect-timeout", "0s"], "--connect-timeout"),
+            (
+                &["--tls-handshake-timeout", "0s"],
+                "--tls-handshake-timeout",
+            ),
+            (&["--keepalive-retries", "0"], "--keepalive-retries"),
+            (&["--keepalive-enabled", "maybe"], "--keepalive-enabled"),
         ] {
             let e = with_env(&[], || parse(args)).unwrap_err().to_string();
             assert!(e.contains(needle), "{args:?}: {e}");

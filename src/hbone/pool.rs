@@ -1,6 +1,9 @@
 //! HBONE client connection pool: HTTP/2 connections keyed by (source identity, destination
 //! identities, destination address), each carrying up to `max_streams` CONNECT streams. A
-//! burst of callers for a key with no free connection causes one dial, not one each.
+//! burst of callers for a key with no free connection causes one dial, not one each, and
+//! when that dial fails the whole burst gets its error: a dead peer costs the burst one
+//! connect timeout, not one per caller in turn. A dial (TCP, TLS, HTTP/2 preface) is bounded
+//! by the connect timeout plus the handshake timeout.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +60,10 @@ struct KeyEntry {
     /// Held across a dial so concurrent callers wait for its result instead of dialing too.
     dial_lock: tokio::sync::Mutex<()>,
     conns: Mutex<Vec<Arc<Conn>>>,
+    /// Dials finished so far, and how the last one failed (None: it succeeded). Both change
+    /// only under `dial_lock`, so a caller that queued behind a dial sees that dial's outcome.
+    dials_done: AtomicU64,
+    last_failure: Mutex<Option<(std::io::ErrorKind, String)>>,
 }
 
 struct Conn {
@@ -113,11 +120,24 @@ impl Pool {
         let conn = match self.take(&entry) {
             Some(c) => c,
             None => {
+                let dials_seen = entry.dials_done.load(Ordering::Acquire);
                 let _dialing = entry.dial_lock.lock().await;
                 match self.take(&entry) {
                     Some(c) => c,
                     None => {
-                        let c = self.dial(key).await?;
+                        if entry.dials_done.load(Ordering::Acquire) != dials_seen {
+                            if let Some((kind, msg)) = lock(&entry.last_failure).clone() {
+                                return Err(std::io::Error::new(
+                                    kind,
+                                    format!("{msg} (the dial this request waited for)"),
+                                ));
+                            }
+                        }
+                        let dialed = self.dial(key).await;
+                        *lock(&entry.last_failure) =
+                            dialed.as_ref().err().map(|e| (e.kind(), e.to_string()));
+                        entry.dials_done.fetch_add(1, Ordering::AcqRel);
+                        let c = dialed?;
                         c.streams.fetch_add(1, Ordering::AcqRel);
                         lock(&entry.conns).push(c.clone());
                         c
@@ -126,12 +146,24 @@ impl Pool {
             }
         };
         let guard = StreamGuard { conn: conn.clone() };
-        let result = async {
+        let exchange = async {
             let mut send = conn.send.clone().ready().await?;
             let (resp, stream) = send.send_request(req, false)?;
             Ok::<_, h2::Error>((resp.await?, stream))
-        }
-        .await;
+        };
+        // The peer answers once it has dialed its app, which its own connect timeout bounds;
+        // a peer that never answers must not hold the caller (dropping the stream resets it).
+        let settings = &self.inner.settings;
+        let wait = settings.sockets.connect_timeout + settings.handshake_timeout;
+        let result = match tokio::time::timeout(wait, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no CONNECT response from {} within {wait:?}", key.addr),
+                ))
+            }
+        };
         match result {
             Ok((response, send)) => Ok(Tunnel {
                 response,
@@ -183,14 +215,29 @@ impl Pool {
 
     async fn dial(&self, key: &PoolKey) -> std::io::Result<Arc<Conn>> {
         self.inner.dials.fetch_add(1, Ordering::Relaxed);
-        let tls = (self.inner.dialer)(key.clone()).await?;
-        let (send, mut connection) = self
-            .inner
-            .settings
-            .client()
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(h2_io)?;
+        let settings = &self.inner.settings;
+        let deadline = settings.sockets.connect_timeout + settings.handshake_timeout;
+        let handshake = async {
+            let tls = (self.inner.dialer)(key.clone()).await?;
+            // The dialer may not know our keepalive settings; the pool's connection gets them.
+            settings
+                .sockets
+                .apply(socket2::SockRef::from(tls.get_ref().0))?;
+            settings
+                .client()
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(h2_io)
+        };
+        let (send, mut connection) = match tokio::time::timeout(deadline, handshake).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("HBONE dial to {} timed out after {deadline:?}", key.addr),
+                ))
+            }
+        };
         let conn = Arc::new(Conn {
             send,
             streams: AtomicUsize::new(0),

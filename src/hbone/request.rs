@@ -71,20 +71,27 @@ pub fn check_connect<B>(
     }
 }
 
-/// The client's address as the `forwarded` header carries it (RFC 7239).
-pub fn forwarded_for(client: SocketAddr) -> String {
-    match client {
-        SocketAddr::V4(a) => format!("for={a}"),
-        SocketAddr::V6(a) => format!("for=\"{a}\""),
+/// The `forwarded` header (RFC 7239) of a CONNECT: the client's address, quoted because it
+/// carries a port, and for service-addressed traffic the service's hostname, as upstream
+/// ztunnel writes it (`for="10.0.0.2:41234";host=echo.demo.svc.cluster.local`).
+pub fn forwarded_for(client: SocketAddr, host: Option<&str>) -> String {
+    match host {
+        Some(h) => format!("for=\"{client}\";host={h}"),
+        None => format!("for=\"{client}\""),
     }
 }
 
-/// Reads back the client address from a `forwarded` header, when present and well formed.
+/// Reads back the client address from a `forwarded` header: the last `for=` (the hop nearest
+/// to us), when present and an `ip:port`, quoted or not.
 pub fn parse_forwarded_for(value: &str) -> Option<SocketAddr> {
-    value.split([';', ',']).find_map(|part| {
-        let v = part.trim().strip_prefix("for=")?;
-        v.trim_matches('"').parse().ok()
-    })
+    value
+        .split([';', ','])
+        .filter_map(|part| {
+            let (k, v) = part.trim().split_once('=')?;
+            k.trim().eq_ignore_ascii_case("for").then_some(v)
+        })
+        .next_back()
+        .and_then(|v| v.trim().trim_matches('"').parse().ok())
 }
 
 #[cfg(test)]
@@ -128,9 +135,30 @@ mod tests {
     fn forwarded_round_trips() {
         for a in ["10.1.2.3:4567", "[fd00::1]:80"] {
             let a: SocketAddr = a.parse().unwrap();
-            assert_eq!(parse_forwarded_for(&forwarded_for(a)), Some(a));
+            for host in [None, Some("echo.demo.svc.cluster.local")] {
+                assert_eq!(parse_forwarded_for(&forwarded_for(a, host)), Some(a));
+            }
         }
-        assert_eq!(parse_forwarded_for("by=x;proto=https"), None);
-        assert_eq!(parse_forwarded_for("for=garbage"), None);
+        assert_eq!(
+            forwarded_for("10.1.2.3:4567".parse().unwrap(), Some("h.ns.svc")),
+            "for=\"10.1.2.3:4567\";host=h.ns.svc"
+        );
+        // Unquoted (older writers), several hops (the last is the nearest), other parameters.
+        let cases = [
+            ("for=10.1.2.3:4567", Some("10.1.2.3:4567")),
+            (
+                "for=\"10.0.0.1:1\", for=\"10.0.0.2:2\";proto=https",
+                Some("10.0.0.2:2"),
+            ),
+            ("host=x; For=\"10.0.0.3:3\"", Some("10.0.0.3:3")),
+            ("by=x;proto=https", None),
+            ("for=garbage", None),
+            ("for=\"10.0.0.1\"", None),
+            ("", None),
+        ];
+        for (header, want) in cases {
+            let want = want.map(|w| w.parse::<SocketAddr>().unwrap());
+            assert_eq!(parse_forwarded_for(header), want, "{header:?}");
+        }
     }
 }

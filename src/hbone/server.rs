@@ -25,7 +25,13 @@ where
     H: Fn(Request<RecvStream>, SendResponse<Bytes>) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let mut conn = settings.server().handshake::<_, Bytes>(io).await?;
+    // A client that finishes TLS and never sends the HTTP/2 preface must not hold this task.
+    let handshake = settings.server().handshake::<_, Bytes>(io);
+    let mut conn = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
+        Ok(r) => r?,
+        // SETTINGS_TIMEOUT: the reason HTTP/2 has for a peer that does not get going.
+        Err(_) => return Err(h2::Error::from(h2::Reason::SETTINGS_TIMEOUT)),
+    };
     loop {
         tokio::select! {
             next = conn.accept() => match next {

@@ -1,8 +1,9 @@
 use std::time::Duration;
 
-/// HTTP/2 tuning shared by the HBONE client and server. Windows are sized so one stream can
-/// keep a 10 Gbit/s link busy at datacenter round-trip times (bandwidth x delay ~ a few MiB),
-/// and a connection can carry several such streams at once.
+/// HBONE connection settings shared by the client (pool) and server, and the socket options
+/// of every connection the proxies make. Windows are sized so one stream can keep a
+/// 10 Gbit/s link busy at datacenter round-trip times (bandwidth x delay ~ a few MiB), and a
+/// connection can carry several such streams at once.
 #[derive(Clone, Debug)]
 pub struct H2Settings {
     pub stream_window: u32,
@@ -15,6 +16,11 @@ pub struct H2Settings {
     pub keepalive_timeout: Duration,
     /// A pooled connection with no stream for this long is closed.
     pub idle_timeout: Duration,
+    /// Deadline for the TLS handshake and the HTTP/2 preface, on either side, so a peer that
+    /// connects and goes silent cannot hold a task or a dial.
+    pub handshake_timeout: Duration,
+    /// Connect timeout and TCP keepalive of every socket the proxies open or accept.
+    pub sockets: crate::proxy::SocketOptions,
 }
 
 impl Default for H2Settings {
@@ -28,6 +34,8 @@ impl Default for H2Settings {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            sockets: crate::proxy::SocketOptions::default(),
         }
     }
 }

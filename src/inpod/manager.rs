@@ -124,7 +124,12 @@ impl WorkloadManager {
             self.cfg.packet_mark,
         ));
         let pool = Pool::new(
-            dialer(factory.clone(), self.tls.clone(), cert.clone()),
+            dialer(
+                factory.clone(),
+                self.tls.clone(),
+                cert.clone(),
+                self.cfg.h2.sockets,
+            ),
             self.cfg.h2.clone(),
         );
         let life = Lifecycle::default();
@@ -293,14 +298,20 @@ async fn report_workload_arrival(
 }
 
 /// Dials HBONE from the pod's own namespace, so the peer sees the pod's IP as the source.
-fn dialer(factory: Arc<dyn SocketFactory>, tls: TlsContext, cert: Arc<CertSlot>) -> Dialer {
+/// Connect timeout and keepalive are the configured ones (CONNECT_TIMEOUT, KEEPALIVE_*).
+fn dialer(
+    factory: Arc<dyn SocketFactory>,
+    tls: TlsContext,
+    cert: Arc<CertSlot>,
+    sockets: proxy::SocketOptions,
+) -> Dialer {
     Arc::new(move |key| {
-        let (factory, tls, cert) = (factory.clone(), tls.clone(), cert.clone());
+        let (factory, tls, cert, sockets) = (factory.clone(), tls.clone(), cert.clone(), sockets);
         Box::pin(async move {
             let cfg = tls
                 .client_config(cert, key.dst.clone())
                 .map_err(std::io::Error::other)?;
-            let tcp = proxy::connect(factory.as_ref(), key.addr, None).await?;
+            let tcp = proxy::connect_with(factory.as_ref(), key.addr, None, &sockets).await?;
             tokio_rustls::TlsConnector::from(cfg)
                 .connect(ServerName::IpAddress(key.addr.ip().into()), tcp)
                 .await

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{ConnMeter, ConnectionView, LogContext, PodMeter, Reporter};
 use crate::identity::Identity;
-use crate::state::{ConfigSnapshot, Protocol, Upstream, Workload};
+use crate::state::{ConfigSnapshot, Protocol, Upstream, WaypointHop, Workload};
 
 impl PodMeter {
     /// Outbound (15001): `me` is this pod's workload (when the config has it), `src` the app's
@@ -50,6 +50,35 @@ impl PodMeter {
                 src,
                 dst,
                 hbone_target,
+            },
+        )
+    }
+
+    /// Outbound through a waypoint: as upstream, the destination workload is the waypoint
+    /// (the hop this ztunnel reaches) and the service is the one the app addressed.
+    pub fn outbound_waypoint(
+        self: &Arc<Self>,
+        me: Option<&Workload>,
+        src: SocketAddr,
+        dst: SocketAddr,
+        hop: &WaypointHop,
+    ) -> ConnMeter {
+        let view = ConnectionView {
+            reporter: Reporter::Source,
+            source: me,
+            source_identity: Some(&self.identity),
+            destination: Some(&hop.waypoint),
+            destination_identity: None,
+            destination_service: hop.service.as_deref(),
+            mtls: true,
+        };
+        self.open(
+            &view,
+            Some(hop.waypoint.uid.as_str()),
+            LogContext {
+                src,
+                dst,
+                hbone_target: Some(hop.authority),
             },
         )
     }

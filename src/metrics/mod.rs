@@ -38,6 +38,13 @@ struct PodLabels {
     direction: &'static str,
 }
 
+/// Labels of `ztunnel_waypoint_unavailable`: the waypoint as the config names it, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaypointLabels {
+    waypoint: String,
+    reason: &'static str,
+}
+
 /// The `istio_tcp_*` families.
 #[derive(Default)]
 struct Traffic {
@@ -73,6 +80,7 @@ pub struct Metrics {
     series: Series,
     pod_connections: Family<PodLabels, Gauge>,
     active_proxies: Gauge,
+    waypoint_unavailable: Family<WaypointLabels, Counter>,
     retention: Duration,
     /// The xDS client's counters (`istio_xds_*`).
     pub xds: crate::xds::metrics::XdsMetrics,
@@ -134,6 +142,12 @@ impl Metrics {
             "Open proxied connections per pod and direction",
             pod_connections.clone(),
         );
+        let waypoint_unavailable = Family::<WaypointLabels, Counter>::default();
+        registry.register(
+            "ztunnel_waypoint_unavailable",
+            "Connections refused because the destination's waypoint could not be used (never sent around it)",
+            waypoint_unavailable.clone(),
+        );
         registry.register_collector(Box::new(process::ProcessCollector::new()));
         Arc::new(Metrics {
             registry,
@@ -141,6 +155,7 @@ impl Metrics {
             series: Series::default(),
             pod_connections,
             active_proxies,
+            waypoint_unavailable,
             retention,
             xds,
         })
@@ -263,6 +278,20 @@ impl PodMeter {
         };
         let (labels, cached) = metrics.series.open(labels, owner, &metrics.traffic);
         ConnMeter::new(metrics, labels, cached, gauge, log)
+    }
+}
+
+impl PodMeter {
+    /// Counts a connection refused because its waypoint `waypoint` is unusable for `reason`.
+    pub fn waypoint_unavailable(&self, waypoint: &str, reason: crate::state::WaypointGap) {
+        if let Some(m) = self.metrics.upgrade() {
+            m.waypoint_unavailable
+                .get_or_create(&WaypointLabels {
+                    waypoint: waypoint.to_owned(),
+                    reason: reason.as_label(),
+                })
+                .inc();
+        }
     }
 }
 

@@ -1,5 +1,7 @@
-//! 15008: HBONE from other ztunnels. Terminate mTLS with this pod's certificate, then serve
-//! each CONNECT by dialing the app from inside the pod, as the original client.
+//! 15008: HBONE from other ztunnels and waypoints. Terminate mTLS with this pod's certificate,
+//! then serve each CONNECT by dialing the app from inside the pod, as the original client:
+//! the peer itself, or, when the peer is a waypoint this pod sits behind, the client the
+//! waypoint names in `Forwarded`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use h2::RecvStream;
 use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
-use super::{connect, ProxyInputs};
+use super::{connect_with, ProxyInputs};
 use crate::authz::{ConnInfo, LiveConns};
 use crate::hbone::{self, check_connect, LocalTargets};
 use crate::identity::{peer_identity, Identity};
@@ -23,10 +25,16 @@ pub(super) async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let tls = match tokio_rustls::TlsAcceptor::from(server).accept(tcp).await {
-        Ok(t) => t,
-        Err(e) => {
+    let accept = tokio_rustls::TlsAcceptor::from(server).accept(tcp);
+    let tls = match tokio::time::timeout(inputs.h2.handshake_timeout, accept).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             tracing::warn!(uid = %inputs.uid, %peer, error = %e, "HBONE TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(uid = %inputs.uid, %peer, timeout = ?inputs.h2.handshake_timeout,
+                "HBONE TLS handshake timed out; connection closed");
             return;
         }
     };
@@ -72,9 +80,27 @@ async fn stream(
             return;
         }
     };
+    // Only a waypoint of this pod is trusted to name someone else as the client; anyone else's
+    // `forwarded` header is ignored.
+    let from_waypoint = me
+        .as_deref()
+        .is_some_and(|w| snapshot.peer_is_waypoint_for(w, &client, peer.ip()));
+    let origin = if from_waypoint {
+        let named = req
+            .headers()
+            .get(http::header::FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(hbone::parse_forwarded_for);
+        if named.is_none() {
+            tracing::debug!(uid = %inputs.uid, %peer, %client, "waypoint sent no usable forwarded for=; the app sees the waypoint");
+        }
+        named.unwrap_or(peer)
+    } else {
+        peer
+    };
     let meter = inputs
         .meter
-        .inbound(&snapshot, me.as_deref(), peer, target, Some(&client));
+        .inbound(&snapshot, me.as_deref(), origin, target, Some(&client));
     drop(snapshot);
     let admitted = match live.admit(
         &inputs.state,
@@ -90,8 +116,16 @@ async fn stream(
         }
     };
     // The outer connection comes from the client pod's own namespace, so its source IP is the
-    // client pod's IP: that is what the app should see.
-    let app = match connect(inputs.factory.as_ref(), target, Some(peer.ip())).await {
+    // client pod's IP (or the waypoint's, which named the client instead): that is what the
+    // app should see.
+    let app = match connect_with(
+        inputs.factory.as_ref(),
+        target,
+        Some(origin.ip()),
+        &inputs.h2.sockets,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             hbone::reject(respond, StatusCode::SERVICE_UNAVAILABLE);
@@ -114,7 +148,8 @@ async fn stream(
 }
 
 /// The outer connection comes from the client pod's own namespace, so its source IP is the
-/// client pod's IP: the one policies (and the app) see.
+/// client pod's IP: the one policies see. Through a waypoint, policies see the waypoint
+/// (its identity and address), as upstream: the waypoint enforced the client's policy.
 fn conn_info(client: &Identity, peer: SocketAddr, target: SocketAddr) -> ConnInfo {
     ConnInfo {
         src_ip: peer.ip().to_canonical(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::{connect, original_dst, ProxyInputs};
+use super::{connect_with, original_dst, ProxyInputs};
 use crate::authz::{ConnInfo, LiveConns};
 use crate::metrics::ResponseFlags;
 
@@ -48,7 +48,12 @@ pub(super) async fn handle(
         Err(d) => return meter.fail(ResponseFlags::Deny, &d.reason),
     };
     let app = match admitted
-        .run(connect(inputs.factory.as_ref(), dst, Some(src.ip())))
+        .run(connect_with(
+            inputs.factory.as_ref(),
+            dst,
+            Some(src.ip()),
+            &inputs.h2.sockets,
+        ))
         .await
     {
         None => return meter.revoked(),

@@ -18,7 +18,10 @@ use crate::hbone::{H2Settings, Pool};
 use crate::identity::{CertSlot, Identity, TlsContext};
 use crate::state::{ConfigSnapshot, LocalPod, State, Workload, LOCAL_WORKLOAD_WAIT};
 
-pub use sockets::{connect, new_tcp_socket, original_dst, PlainSocketFactory, SocketFactory};
+pub use sockets::{
+    connect, connect_with, new_tcp_socket, original_dst, Keepalive, PlainSocketFactory,
+    SocketFactory, SocketOptions,
+};
 
 /// The capture ports, as the in-pod redirect rules name them.
 #[derive(Clone, Copy, Debug)]
@@ -109,9 +112,12 @@ impl ProxyInputs {
 /// Binds the pod's three listeners (all or none) and starts serving them.
 pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
     let bind = |port| {
-        inputs
+        let l = inputs
             .factory
-            .listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            .listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+        // Accepted sockets inherit keepalive from their listener: set once, not per connection.
+        inputs.h2.sockets.apply(socket2::SockRef::from(&l))?;
+        Ok::<_, std::io::Error>(l)
     };
     let out = bind(inputs.ports.outbound)?;
     let hbone = bind(inputs.ports.hbone)?;

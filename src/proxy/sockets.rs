@@ -4,8 +4,9 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+use std::time::Duration;
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub trait SocketFactory: Send + Sync + 'static {
@@ -53,15 +54,73 @@ pub fn new_tcp_socket(v6: bool, mark: Option<u32>) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Connects to `dst`. With `spoof_src`, the socket is transparent and bound to that address,
-/// so the destination app sees the original client as its peer (source preservation).
+/// How long a TCP connect may take and how a silent peer is detected, for every socket the
+/// proxies open or accept. Defaults are upstream ztunnel's (10 s connect; keepalive after
+/// 180 s idle, every 180 s, 9 probes), so a hung peer releases its resources in bounded time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOptions {
+    pub connect_timeout: Duration,
+    /// None: no TCP keepalive.
+    pub keepalive: Option<Keepalive>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub time: Duration,
+    pub interval: Duration,
+    pub retries: u32,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            connect_timeout: Duration::from_secs(10),
+            keepalive: Some(Keepalive {
+                time: Duration::from_secs(180),
+                interval: Duration::from_secs(180),
+                retries: 9,
+            }),
+        }
+    }
+}
+
+impl SocketOptions {
+    /// Turns keepalive on for `socket` (a listener passes it on to the sockets it accepts).
+    pub fn apply(&self, socket: SockRef<'_>) -> io::Result<()> {
+        if let Some(k) = self.keepalive {
+            let ka = TcpKeepalive::new()
+                .with_time(k.time)
+                .with_interval(k.interval)
+                .with_retries(k.retries);
+            socket.set_tcp_keepalive(&ka)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`connect_with`] and the default [`SocketOptions`].
 pub async fn connect(
     factory: &dyn SocketFactory,
     dst: SocketAddr,
     spoof_src: Option<IpAddr>,
 ) -> io::Result<TcpStream> {
+    connect_with(factory, dst, spoof_src, &SocketOptions::default()).await
+}
+
+/// Connects to `dst`, failing with `TimedOut` after `opts.connect_timeout` (a peer that
+/// drops SYNs would otherwise hold the caller for the kernel's ~2 min of retries). With
+/// `spoof_src`, the socket is transparent and bound to that address, so the destination app
+/// sees the original client as its peer (source preservation).
+pub async fn connect_with(
+    factory: &dyn SocketFactory,
+    dst: SocketAddr,
+    spoof_src: Option<IpAddr>,
+    opts: &SocketOptions,
+) -> io::Result<TcpStream> {
     let s = factory.tcp_socket(dst.is_ipv6())?;
     s.set_tcp_nodelay(true)?;
+    opts.apply(SockRef::from(&s))?;
     if let Some(src) = spoof_src.filter(|s| s.is_ipv6() == dst.is_ipv6()) {
         if dst.is_ipv6() {
             s.set_ip_transparent_v6(true)?;
@@ -71,7 +130,16 @@ pub async fn connect(
         s.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
     }
     let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(s));
-    sock.connect(dst).await
+    match tokio::time::timeout(opts.connect_timeout, sock.connect(dst)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "connect to {dst} timed out after {:?}",
+                opts.connect_timeout
+            ),
+        )),
+    }
 }
 
 /// The destination the app originally asked for, before the pod's REDIRECT rule sent the

@@ -10,6 +10,7 @@ mod policy;
 mod service;
 mod snapshot;
 mod store;
+mod waypoint;
 mod workload;
 
 pub use local::{LocalPod, LOCAL_WORKLOAD_WAIT};
@@ -19,7 +20,11 @@ pub use policy::{
 pub use service::Service;
 pub use snapshot::{ConfigSnapshot, ResolveError, SnapshotError, Upstream};
 pub use store::State;
+pub use waypoint::{Route, WaypointGap, WaypointHop};
 pub use workload::{
     GatewayAddress, GatewayDestination, HealthStatus, NetworkAddress, NetworkAddressParseError,
     NetworkMode, Protocol, Workload, WorkloadInfo,
 };
+
+#[cfg(test)]
+mod waypoint_tests;

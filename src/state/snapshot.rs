@@ -22,6 +22,8 @@ pub struct ConfigSnapshot {
     pod_name_hasher: RandomState,
     /// Index into `services` / `endpoints` / `service_keys`.
     by_vip: HashMap<IpAddr, usize>,
+    /// `namespace/hostname` → index, for waypoints named by hostname.
+    by_key: HashMap<String, usize>,
     /// Parallel to `services`; precomputed so the per-connection path does not format keys.
     service_keys: Vec<String>,
     endpoints: Vec<Vec<Arc<Workload>>>,
@@ -101,6 +103,14 @@ pub enum ResolveError {
     NoEndpoints { service: String, port: u16 },
     #[error("port {port} is not a port of service {service}")]
     PortNotInService { service: String, port: u16 },
+    /// The destination must go through its waypoint, and the waypoint cannot be used: the
+    /// connection is refused rather than sent around the waypoint's L7 policy.
+    #[error("{destination} must go through waypoint {waypoint}, which is {reason}")]
+    WaypointUnavailable {
+        destination: String,
+        waypoint: String,
+        reason: super::waypoint::WaypointGap,
+    },
 }
 
 impl ConfigSnapshot {
@@ -227,6 +237,7 @@ impl ConfigSnapshot {
             }
             let idx = s.services.len();
             key_pos.insert(key.clone(), (i, idx));
+            s.by_key.insert(key.clone(), idx);
             for vip in &svc.vips {
                 match s.by_vip.entry(vip.address) {
                     Entry::Occupied(e) => {
@@ -350,11 +361,22 @@ impl ConfigSnapshot {
 
     /// Workloads naming `service` in their `services` map, in config order (healthy or not).
     pub fn endpoints(&self, service: &Service) -> &[Arc<Workload>] {
-        self.services
-            .iter()
-            .position(|s| s.namespace == service.namespace && s.hostname == service.hostname)
-            .map(|i| self.endpoints[i].as_slice())
+        self.by_key
+            .get(&service.key())
+            .map(|&i| self.endpoints[i].as_slice())
             .unwrap_or(&[])
+    }
+
+    /// The service keyed `namespace/hostname`, with its endpoints (healthy or not).
+    pub(crate) fn service_by_key(&self, key: &str) -> Option<(&Arc<Service>, &[Arc<Workload>])> {
+        self.by_key
+            .get(key)
+            .map(|&i| (&self.services[i], self.endpoints[i].as_slice()))
+    }
+
+    /// The endpoints of the service at VIP `ip` (healthy or not).
+    pub(crate) fn endpoints_by_vip(&self, ip: IpAddr) -> Option<&[Arc<Workload>]> {
+        self.by_vip.get(&ip).map(|&i| self.endpoints[i].as_slice())
     }
 
     /// Where an outbound connection to `dst` (the pod's original destination) should go.

@@ -191,26 +191,6 @@ pub fn debug_cli(cluster: &Cluster, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn samples_parse_with_escaped_label_values() {
-        let (name, labels, value) =
-            sample(r#"istio_tcp_sent_bytes_total{reporter="destination",a="x\"y,z",b=""} 42"#)
-                .unwrap();
-        assert_eq!(name, "istio_tcp_sent_bytes_total");
-        assert_eq!(value, 42.0);
-        assert_eq!(labels["reporter"], "destination");
-        assert_eq!(labels["a"], "x\"y,z");
-        assert_eq!(labels["b"], "");
-        assert!(sample("# TYPE x counter").is_none());
-        assert!(sample(r#"x{a="unterminated} 1"#).is_none());
-        assert_eq!(sample("up 1").unwrap().2, 1.0);
-    }
-}
-
 /// The CRDs installed with the control plane: Istio's and Gateway API's.
 pub fn crds(cluster: &Cluster) -> Result<()> {
     println!("\n== CRDs installed (Istio's and Gateway API's, from their Go modules)");
@@ -279,5 +259,25 @@ fn collect_workloads(v: &serde_json::Value, needle: &str, rows: &mut Vec<String>
         }
         serde_json::Value::Array(a) => a.iter().for_each(|v| collect_workloads(v, needle, rows)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_parse_with_escaped_label_values() {
+        let (name, labels, value) =
+            sample(r#"istio_tcp_sent_bytes_total{reporter="destination",a="x\"y,z",b=""} 42"#)
+                .unwrap();
+        assert_eq!(name, "istio_tcp_sent_bytes_total");
+        assert_eq!(value, 42.0);
+        assert_eq!(labels["reporter"], "destination");
+        assert_eq!(labels["a"], "x\"y,z");
+        assert_eq!(labels["b"], "");
+        assert!(sample("# TYPE x counter").is_none());
+        assert!(sample(r#"x{a="unterminated} 1"#).is_none());
+        assert_eq!(sample("up 1").unwrap().2, 1.0);
     }
 }
