@@ -1,0 +1,106 @@
+//! Local endpoints: readiness on :15021, metrics on :15020, and the admin API on
+//! 127.0.0.1:15000 (`/config_dump`: routes, policies, endpoints, certificate).
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use meshtunnel::identity::CertSlot;
+use meshtunnel::local_http as lh;
+use meshtunnel::state::State;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::ConfigCell;
+use crate::telemetry::Telemetry;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub async fn serve_stats(l: TcpListener, t: Arc<Telemetry>, stop: CancellationToken) {
+    let h: lh::Handler = Arc::new(move |req| match (req.method(), req.uri().path()) {
+        (&Method::GET, "/stats/prometheus" | "/metrics") => {
+            lh::respond(StatusCode::OK, OPENMETRICS, t.encode())
+        }
+        _ => lh::text(StatusCode::NOT_FOUND, "not found; try /stats/prometheus\n"),
+    });
+    lh::serve(l, h, stop).await
+}
+
+pub async fn serve_readiness(l: TcpListener, stop: CancellationToken) {
+    // Ready once listening: config and certificate were loaded before the listeners opened.
+    let h: lh::Handler = Arc::new(|req| match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz/ready") => lh::text(StatusCode::OK, "ready\n"),
+        _ => lh::text(StatusCode::NOT_FOUND, "not found\n"),
+    });
+    lh::serve(l, h, stop).await
+}
+
+pub struct Admin {
+    pub mesh: Arc<State>,
+    pub config: Arc<ConfigCell>,
+    pub cert: Arc<CertSlot>,
+}
+
+pub async fn serve_admin(l: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+    let h: lh::Handler = Arc::new(move |req| match (req.method(), req.uri().path()) {
+        (&Method::GET, "/config_dump") => lh::json(StatusCode::OK, &config_dump(&admin)),
+        (&Method::GET, "/") => lh::text(StatusCode::OK, "waypoint admin\n  GET /config_dump\n"),
+        _ => lh::text(StatusCode::NOT_FOUND, "not found; try /config_dump\n"),
+    });
+    lh::serve(l, h, stop).await
+}
+
+fn config_dump(a: &Admin) -> serde_json::Value {
+    let cfg = a.config.current();
+    let snap = a.mesh.current();
+    let mut routes: Vec<serde_json::Value> = cfg
+        .routes
+        .services()
+        .map(|(svc, entries)| {
+            json!({
+                "service": svc.to_string(),
+                "matches": entries.iter().map(|e| json!({
+                    "route": e.rule.route.to_string(),
+                    "rule": e.rule.index,
+                    "port": e.port,
+                    "match": format!("{:?}", e.matcher),
+                    "backends": e.rule.backends.iter().map(|b| json!({
+                        "service": b.service.to_string(), "port": b.port, "weight": b.weight,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    routes.sort_by_key(|v| v["service"].as_str().unwrap_or("").to_owned());
+    let overlays: Vec<serde_json::Value> = cfg
+        .routes
+        .overlays()
+        .map(|(svc, os)| json!({"service": svc.to_string(), "virtualServices": os.iter().map(|o| o.source.clone()).collect::<Vec<_>>()}))
+        .collect();
+    let endpoints: Vec<serde_json::Value> = snap
+        .services()
+        .map(|s| {
+            json!({
+                "service": format!("{}/{}", s.namespace, s.name),
+                "endpoints": snap.endpoints(s).iter().map(|w| json!({
+                    "workload": w.name, "ips": w.workload_ips, "protocol": format!("{:?}", w.protocol),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let info = a.cert.info();
+    json!({
+        "objects": cfg.objects,
+        "routes": routes,
+        "virtualServices": overlays,
+        "policies": cfg.policies.iter().map(|p| json!({
+            "name": p.key(), "action": format!("{:?}", p.action), "rules": p.rules.len(),
+        })).collect::<Vec<_>>(),
+        "endpoints": endpoints,
+        "certificate": {
+            "identity": info.identity.to_string(),
+            "notBefore": humantime::format_rfc3339(info.not_before).to_string(),
+            "notAfter": humantime::format_rfc3339(info.not_after).to_string(),
+        },
+    })
+}

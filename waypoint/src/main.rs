@@ -1,0 +1,119 @@
+//! waypoint: the mesh's L7 proxy. Terminates HBONE from ztunnels, routes each HTTP request
+//! by Gateway API HTTPRoute/GRPCRoute (plus Istio VirtualService faults/retries), authorizes
+//! it with L7 AuthorizationPolicy, and re-originates HBONE to the chosen endpoint.
+
+mod admin;
+mod app;
+mod authz;
+mod body;
+mod config;
+mod forward;
+mod handle;
+mod reply;
+mod route;
+mod server;
+mod settings;
+mod shared;
+mod sniff;
+mod state;
+mod tcp;
+mod telemetry;
+mod upstream;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "waypoint", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: settings::Settings,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The argv istiod's waypoint Deployment gives Envoy's image (`proxy waypoint --domain
+    /// ... --serviceCluster ...`): runs the waypoint; Envoy's flags are accepted and ignored,
+    /// settings come from the environment.
+    Proxy {
+        /// Only `waypoint` is served.
+        kind: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ignored: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match &cli.command {
+        None => cli.settings,
+        Some(Command::Proxy { kind, ignored }) => {
+            if kind != "waypoint" {
+                eprintln!("waypoint: `proxy {kind}` is not supported (only `proxy waypoint`)");
+                return std::process::ExitCode::FAILURE;
+            }
+            // Flags come from the environment here; the argv after `proxy waypoint` is Envoy's.
+            match Cli::try_parse_from(["waypoint"]) {
+                Ok(c) => {
+                    let _ = ignored;
+                    c.settings
+                }
+                Err(e) => {
+                    eprintln!("waypoint: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let _log = meshtunnel::logging::init(&settings.log_level, settings.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("waypoint: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(app::run(settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("waypoint: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn accepts_istio_waypoint_argv() {
+        let cli = Cli::try_parse_from([
+            "waypoint",
+            "proxy",
+            "waypoint",
+            "--domain",
+            "ns.svc.cluster.local",
+            "--serviceCluster",
+            "wp.ns",
+            "--proxyLogLevel",
+            "warning",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Proxy { ref kind, .. }) if kind == "waypoint"));
+        let cli = Cli::try_parse_from(["waypoint", "--hbone-addr", "127.0.0.1:25008"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.settings.hbone_addr.port(), 25008);
+    }
+}
