@@ -66,6 +66,19 @@ pub struct MeshOptions {
     pub env: Vec<(String, String)>,
     /// The config file's `policies:` list (YAML list items), written at start.
     pub policies: String,
+    /// Services besides `echo`, each backed by the pods it names.
+    pub extra_services: Vec<ExtraService>,
+}
+
+/// A service of the config file (namespace demo) besides `echo`: `vip:port` -> `target_port`
+/// on each of `endpoints` (pod names; may be empty: a service with no endpoint).
+#[derive(Clone, Debug)]
+pub struct ExtraService {
+    pub name: &'static str,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub target_port: u16,
+    pub endpoints: Vec<&'static str>,
 }
 
 impl Default for MeshOptions {
@@ -82,6 +95,7 @@ impl Default for MeshOptions {
             release_binary: false,
             env: Vec::new(),
             policies: String::new(),
+            extra_services: Vec::new(),
         }
     }
 }
@@ -215,11 +229,24 @@ impl Mesh {
     pub fn write_config_with(&self, pods: &[PodSpec], policies: &str) -> Result<()> {
         let mut y = String::from("workloads:\n");
         for p in pods.iter().filter(|p| p.in_config) {
-            let svc = if p.name == "b1" {
+            let mut svc = if p.name == "b1" {
                 format!("    \"{NAMESPACE}/echo.{NAMESPACE}.svc.cluster.local\":\n      80: 8080\n")
             } else {
                 String::new()
             };
+            for x in self
+                .opts
+                .extra_services
+                .iter()
+                .filter(|x| x.endpoints.contains(&p.name))
+            {
+                svc += &format!(
+                    "    \"{NAMESPACE}/{n}.{NAMESPACE}.svc.cluster.local\":\n      {port}: {target}\n",
+                    n = x.name,
+                    port = x.port,
+                    target = x.target_port
+                );
+            }
             y += &format!(
                 "- uid: {uid}\n  name: {name}\n  namespace: {NAMESPACE}\n  serviceAccount: {sa}\n  trustDomain: {TRUST_DOMAIN}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n  network: \"\"\n  services:{empty}\n{svc}",
                 uid = self.uid(p.name),
@@ -234,6 +261,15 @@ impl Mesh {
         y += &format!(
             "services:\n- name: echo\n  namespace: {NAMESPACE}\n  hostname: echo.{NAMESPACE}.svc.cluster.local\n  vips: [\"/10.96.0.10\"]\n  ports:\n    80: 8080\n  subjectAltNames: []\n"
         );
+        for x in &self.opts.extra_services {
+            y += &format!(
+                "- name: {n}\n  namespace: {NAMESPACE}\n  hostname: {n}.{NAMESPACE}.svc.cluster.local\n  vips: [\"/{vip}\"]\n  ports:\n    {port}: {target}\n  subjectAltNames: []\n",
+                n = x.name,
+                vip = x.vip,
+                port = x.port,
+                target = x.target_port
+            );
+        }
         if !policies.is_empty() {
             y += "policies:\n";
             y += policies;

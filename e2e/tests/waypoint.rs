@@ -1,0 +1,306 @@
+//! The waypoint between real ztunnels: an HBONE client (a pod's certificate, authority = the
+//! service VIP, as a source ztunnel sends) reaches meshed backend pods through the waypoint
+//! binary; the backends sit behind their real ztunnels' 15008. Checks traffic splitting,
+//! retries, timeouts, fault injection, L7 deny and the waypoint's own replies.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshtunnel_e2e::waypoint::{HboneClient, HttpBackend, Reply, Waypoint};
+use meshtunnel_e2e::{ExtraService, Mesh, MeshOptions, PodSpec};
+
+const ECHO: ([u8; 4], u16) = ([10, 96, 0, 10], 80);
+
+fn echo_vip() -> SocketAddr {
+    SocketAddr::from(ECHO)
+}
+
+/// a1 and b1 are meshed backends (echo-v2 and echo-v1), the waypoint runs in a2, the client
+/// sends from b2 (both plain pods: no capture, so the test talks HBONE itself).
+fn start() -> (Mesh, Waypoint, HboneClient, [HttpBackend; 2]) {
+    let svc = |name, last, endpoints| ExtraService {
+        name,
+        vip: Ipv4Addr::new(10, 96, 0, last),
+        port: 80,
+        target_port: 8080,
+        endpoints,
+    };
+    let opts = MeshOptions {
+        pods: vec![
+            PodSpec::meshed("a1"),
+            PodSpec::plain("a2"),
+            PodSpec::meshed("b1"),
+            PodSpec::plain("b2"),
+        ],
+        extra_services: vec![
+            svc("echo-v1", 11, vec!["b1"]),
+            svc("echo-v2", 12, vec!["a1"]),
+            svc("echo-empty", 13, vec![]),
+        ],
+        ..MeshOptions::default()
+    };
+    let mesh = Mesh::start(opts).unwrap();
+    let any = SocketAddr::from(([0, 0, 0, 0], 8080));
+    let backends = [
+        HttpBackend::start(mesh.pod_ns("b1"), any, "b1").unwrap(),
+        HttpBackend::start(mesh.pod_ns("a1"), any, "a1").unwrap(),
+    ];
+    let wp = Waypoint::start(&mesh, "a2").unwrap();
+    let client = HboneClient::new(&mesh, "b2", "a2").unwrap();
+    (mesh, wp, client, backends)
+}
+
+fn get(mesh: &Mesh, wp: &Waypoint, c: &HboneClient, path: &str) -> Reply {
+    mesh.rt
+        .block_on(c.request(echo_vip(), "GET", path, &[]))
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}\n--- waypoint ---\n{}", wp.logs()))
+}
+
+const ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-route, value: split}]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-waypoint, value: yes}]}
+    backendRefs:
+    - {name: echo-v1, port: 80, weight: 90}
+    - {name: echo-v2, port: 80, weight: 10}
+  - matches: [{path: {type: PathPrefix, value: /flaky}}]
+    backendRefs: [{name: echo-v1, port: 80}]
+    retry: {attempts: 10, codes: [503], backoff: 1ms}
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    backendRefs: [{name: echo-v1, port: 80}]
+    timeouts: {request: 200ms}
+  - matches: [{path: {type: PathPrefix, value: /admin}}, {path: {type: PathPrefix, value: /public}}, {path: {type: PathPrefix, value: /fault}}]
+    backendRefs: [{name: echo-v2, port: 80}]
+  - matches: [{path: {type: Exact, value: /empty}}]
+    backendRefs: [{name: echo-empty, port: 80}]
+  - matches: [{path: {type: Exact, value: /zero}}]
+    backendRefs: [{name: echo-v1, port: 80, weight: 0}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: new.example, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {type: PathPrefix, value: /rewrite}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}
+    backendRefs: [{name: echo-v2, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo-faults, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  http:
+  - match: [{uri: {prefix: /fault}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: demo}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"#;
+
+const OBJECTS: &[&str] = &[
+    "HTTPRoute demo/echo",
+    "VirtualService demo/echo-faults",
+    "AuthorizationPolicy demo/deny-admin",
+];
+
+/// Sends `n` GETs of `path`, `conc` at a time; returns every reply.
+fn many(
+    mesh: &Mesh,
+    c: &Arc<HboneClient>,
+    path: &'static str,
+    n: usize,
+    conc: usize,
+) -> Vec<anyhow::Result<Reply>> {
+    mesh.rt.block_on(async {
+        let mut out = Vec::with_capacity(n);
+        let mut set = tokio::task::JoinSet::new();
+        let mut sent = 0;
+        while out.len() < n {
+            while sent < n && set.len() < conc {
+                let c = c.clone();
+                set.spawn(async move { c.request(echo_vip(), "GET", path, &[]).await });
+                sent += 1;
+            }
+            if let Some(r) = set.join_next().await {
+                out.push(r.expect("request task"));
+            }
+        }
+        out
+    })
+}
+
+#[test]
+fn split_deny_fault_and_local_replies() {
+    let (mesh, wp, client, _backends) = start();
+    // The backends are only reachable through their ztunnels' 15008: prove the path went there.
+    // Before any route: the waypoint sends to the service itself (b1 backs `echo`).
+    let r = get(&mesh, &wp, &client, "/anything");
+    assert_eq!((r.status, r.pod()), (200, Some("b1")), "{r:?}");
+
+    wp.apply(&mesh, ROUTES, OBJECTS).unwrap();
+    let client = Arc::new(client);
+
+    // 90/10 over 2,000 requests, weights chosen per request.
+    let replies = many(&mesh, &client, "/split", 2000, 16);
+    let mut v1 = 0;
+    for r in &replies {
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{e:#}\n--- waypoint ---\n{}", wp.logs()));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.body.contains("header x-route=split"),
+            "request header filter: {r:?}"
+        );
+        assert_eq!(
+            r.headers.get("x-waypoint").map(String::as_str),
+            Some("yes"),
+            "{r:?}"
+        );
+        match r.pod() {
+            Some("b1") => v1 += 1,
+            Some("a1") => {}
+            other => panic!("answered by {other:?}"),
+        }
+    }
+    let share = v1 as f64 / 2000.0;
+    eprintln!("split: echo-v1 answered {v1}/2000 ({:.1}%)", share * 100.0);
+    assert!(
+        (0.87..=0.93).contains(&share),
+        "echo-v1 got {:.1}% (want 90 ± 3)",
+        share * 100.0
+    );
+
+    // L7 deny on one path; another path of the same backend passes.
+    let r = get(&mesh, &wp, &client, "/admin/users");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "{r:?}"
+    );
+    let r = get(&mesh, &wp, &client, "/public");
+    assert_eq!((r.status, r.pod()), (200, Some("a1")), "{r:?}");
+
+    // Fault abort at 100 %.
+    for _ in 0..20 {
+        let r = get(&mesh, &wp, &client, "/fault/x");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (418, "fault filter abort"),
+            "{r:?}"
+        );
+    }
+
+    // The waypoint's own answers.
+    let r = get(&mesh, &wp, &client, "/nothing-matches");
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = get(&mesh, &wp, &client, "/empty");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "no healthy upstream"),
+        "{r:?}"
+    );
+    let r = get(&mesh, &wp, &client, "/zero");
+    assert_eq!(r.status, 500, "{r:?}");
+    let r = get(&mesh, &wp, &client, "/old/page?q=1");
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("http://new.example/new/page?q=1"),
+        "{r:?}"
+    );
+    let r = get(&mesh, &wp, &client, "/rewrite/x?y=1");
+    assert!(r.body.contains("target=/rewritten/x?y=1"), "{r:?}");
+
+    // Both backends were reached through their node's ztunnel (HBONE to pod:15008), with the
+    // waypoint's identity as the peer.
+    for node in [test_support::NodeId::A, test_support::NodeId::B] {
+        let log = mesh.logs(node);
+        assert!(
+            log.contains("sa/waypoint"),
+            "ztunnel {node:?} saw no connection from the waypoint identity\n{log}"
+        );
+    }
+
+    // Telemetry: the requests are counted with the waypoint reporter.
+    let stats = meshtunnel_e2e::mesh::http_in(
+        mesh.pod_ns("a2"),
+        SocketAddr::from(([127, 0, 0, 1], 15020)),
+        "GET",
+        "/stats/prometheus",
+    )
+    .unwrap()
+    .1;
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"403\""))
+        .unwrap_or_else(|| panic!("no 403 series in\n{stats}"));
+    assert!(line.contains("reporter=\"waypoint\""), "{line}");
+    assert!(
+        line.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/sa-b2\""),
+        "{line}"
+    );
+    assert!(
+        stats.contains("istio_request_duration_milliseconds_bucket{"),
+        "no duration histogram"
+    );
+}
+
+#[test]
+fn retries_and_timeouts() {
+    let (mesh, wp, client, _backends) = start();
+    wp.apply(&mesh, ROUTES, OBJECTS).unwrap();
+    let client = Arc::new(client);
+
+    // A backend failing half the time with 503, retried up to 10 times.
+    let replies = many(&mesh, &client, "/flaky", 400, 8);
+    let ok = replies
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.status == 200))
+        .count();
+    assert!(
+        ok * 100 >= 99 * replies.len(),
+        "only {ok}/{} succeeded\n--- waypoint ---\n{}",
+        replies.len(),
+        wp.logs()
+    );
+
+    // A 200 ms request timeout against a backend that takes 1 s: 504 after 200 ms ± 10 %.
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = get(&mesh, &wp, &client, "/delay/1000");
+        took.push(t.elapsed());
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (504, "upstream request timeout"),
+            "{r:?}"
+        );
+    }
+    took.sort();
+    let median = took[2];
+    eprintln!(
+        "retry: {ok}/{} ok; timeout fired after {took:?}",
+        replies.len()
+    );
+    assert!(
+        median >= Duration::from_millis(180) && median <= Duration::from_millis(220),
+        "timeout fired after {median:?} (all: {took:?})"
+    );
+}
