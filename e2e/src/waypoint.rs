@@ -51,6 +51,7 @@ impl Waypoint {
             .env("POD_NAMESPACE", NAMESPACE)
             .env("SERVICE_ACCOUNT", WAYPOINT_SA)
             .env("CONFIG_POLL_INTERVAL", "200ms")
+            .env("WAYPOINT_HEADER_TIMEOUT", "1s")
             .env("RUST_LOG", "info,access=info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -76,6 +77,11 @@ impl Waypoint {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Open file descriptors of the waypoint process.
+    pub fn fds(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self._child.id()))?.count())
     }
 
     /// Replaces the route objects with `yaml` and waits until the waypoint's config_dump lists
@@ -307,6 +313,39 @@ impl HboneClient {
             key,
             _cert: cert,
         })
+    }
+
+    /// Sends `bytes` inside one tunnel to `dst` and returns what comes back until the waypoint
+    /// ends the stream (or `wait` passes), with the time that took.
+    pub async fn raw(
+        &self,
+        dst: SocketAddr,
+        bytes: &[u8],
+        wait: Duration,
+    ) -> Result<(Vec<u8>, Duration)> {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dst.to_string())
+            .body(())?;
+        let start = Instant::now();
+        let mut tunnel = self.pool.connect(&self.key, req).await?;
+        if tunnel.response.status() != 200 {
+            bail!("CONNECT answered {}", tunnel.response.status());
+        }
+        tunnel
+            .send
+            .send_data(Bytes::copy_from_slice(bytes), false)?;
+        let mut body = tunnel.response.into_body();
+        let mut raw = Vec::new();
+        let read = async {
+            while let Some(chunk) = body.data().await {
+                let Ok(chunk) = chunk else { break };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                raw.extend_from_slice(&chunk);
+            }
+        };
+        let _ = tokio::time::timeout(wait, read).await;
+        Ok((raw, start.elapsed()))
     }
 
     /// One request to `dst` (the original destination) through the waypoint.

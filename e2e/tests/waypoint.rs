@@ -304,3 +304,111 @@ fn retries_and_timeouts() {
         "timeout fired after {median:?} (all: {took:?})"
     );
 }
+
+#[test]
+fn hostile_http_is_refused_without_leaks() {
+    let (mesh, wp, client, _backends) = start();
+    wp.apply(&mesh, ROUTES, OBJECTS).unwrap();
+    let status = |raw: &[u8]| -> String {
+        String::from_utf8_lossy(raw)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let send = |bytes: &[u8], wait: u64| {
+        mesh.rt
+            .block_on(client.raw(echo_vip(), bytes, Duration::from_secs(wait)))
+            .unwrap_or_else(|e| panic!("{e:#}\n--- waypoint ---\n{}", wp.logs()))
+    };
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "CL+TE",
+            b"POST /public HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "two Content-Lengths",
+            b"POST /public HTTP/1.1\r\nHost: echo\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            "HTTP/1.1 400",
+        ),
+        (
+            "bad chunk size",
+            b"POST /public HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "smuggled second request",
+            b"GET /public HTTP/1.1\r\nHost: echo\r\n\r\nPOST /admin HTTP/1.1\r\nHost: echo\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 200",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let (raw, _) = send(bytes, 5);
+        assert!(
+            status(&raw).starts_with(want),
+            "{name}: got {:?}\n--- waypoint ---\n{}",
+            String::from_utf8_lossy(&raw),
+            wp.logs()
+        );
+        if *name == "smuggled second request" {
+            let text = String::from_utf8_lossy(&raw);
+            assert!(
+                text.contains("HTTP/1.1 400"),
+                "{name}: the second request must be refused: {text}"
+            );
+            assert!(
+                !text.contains("RBAC"),
+                "{name}: the smuggled request reached routing: {text}"
+            );
+        }
+    }
+
+    // Oversized headers: 431.
+    let big = format!(
+        "GET /public HTTP/1.1\r\nHost: echo\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let (raw, _) = send(big.as_bytes(), 5);
+    assert!(
+        status(&raw).starts_with("HTTP/1.1 431"),
+        "oversized: {:?}",
+        status(&raw)
+    );
+
+    // A client that never finishes its headers is cut off after the 1 s header timeout.
+    let (raw, took) = send(b"GET /public HTTP/1.1\r\nHost: ec", 10);
+    assert!(
+        !status(&raw).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "slow headers ended after {took:?}"
+    );
+
+    // Short connections: a fresh HBONE connection per request, then back to the baseline.
+    let _ = get(&mesh, &wp, &client, "/public");
+    drop(client);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = wp.fds().unwrap();
+    for _ in 0..300 {
+        let c = HboneClient::new(&mesh, "b2", "a2").unwrap();
+        let r = get(&mesh, &wp, &c, "/public");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = wp.fds().unwrap();
+    while after > before + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = wp.fds().unwrap();
+    }
+    eprintln!("waypoint fds: {before} before, {after} after 300 short connections");
+    assert!(after <= before + 2, "fds grew from {before} to {after}");
+    assert!(
+        !wp.logs().contains("panicked"),
+        "the waypoint panicked:\n{}",
+        wp.logs()
+    );
+}

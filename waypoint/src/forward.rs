@@ -85,7 +85,7 @@ pub async fn buffer(b: Incoming, limit: usize) -> Result<Bytes, LocalReply> {
         {
             Err(LocalReply::BodyTooLarge)
         }
-        Err(_) => Err(LocalReply::UpstreamReset),
+        Err(_) => Err(LocalReply::BadRequest),
     }
 }
 
@@ -147,7 +147,9 @@ pub async fn run(
                 }
                 Err(AttemptError::Local(reply)) => {
                     last = reply;
-                    if last_try || matches!(reply, LocalReply::AllWeightsZero) {
+                    if last_try
+                        || matches!(reply, LocalReply::AllWeightsZero | LocalReply::BadRequest)
+                    {
                         return Err(reply);
                     }
                 }
@@ -233,7 +235,12 @@ async fn attempt_once(
     let req = build_request(attempt, headers, body);
     let resp = send(io, req, attempt.h2).await.map_err(|e| {
         tracing::debug!(error = %e, "upstream exchange failed");
-        AttemptError::Local(LocalReply::UpstreamReset)
+        // A user (body) error is the client's request body failing, not the upstream.
+        AttemptError::Local(if e.is_user() {
+            LocalReply::BadRequest
+        } else {
+            LocalReply::UpstreamReset
+        })
     })?;
     let (mut parts, b) = resp.into_parts();
     for m in response_mods {

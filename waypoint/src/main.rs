@@ -8,6 +8,8 @@ mod authz;
 mod body;
 mod config;
 mod forward;
+mod guarded;
+mod h1guard;
 mod handle;
 mod reply;
 mod route;

@@ -18,6 +18,8 @@ pub enum LocalReply {
     UpstreamReset,
     FaultAbort(u16),
     BodyTooLarge,
+    /// The client's request body was malformed (bad chunking) or cut short.
+    BadRequest,
 }
 
 impl LocalReply {
@@ -34,6 +36,7 @@ impl LocalReply {
                 StatusCode::from_u16(c).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
             LocalReply::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            LocalReply::BadRequest => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -48,6 +51,7 @@ impl LocalReply {
             LocalReply::UpstreamReset => "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
             LocalReply::FaultAbort(_) => "fault filter abort",
             LocalReply::BodyTooLarge => "request body too large to buffer for retries or mirroring",
+            LocalReply::BadRequest => "bad request body",
         }
     }
 
@@ -63,6 +67,7 @@ impl LocalReply {
             LocalReply::UpstreamReset => "UC",
             LocalReply::FaultAbort(_) => "FI",
             LocalReply::BodyTooLarge => "-",
+            LocalReply::BadRequest => "DPE",
         }
     }
 

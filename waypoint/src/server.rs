@@ -15,16 +15,20 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshtunnel::hbone::{self, H2Settings, LocalTargets};
 use meshtunnel::identity::peer_identity;
 use rustls::ServerConfig;
-use tokio::io::{AsyncReadExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AppProtocol;
+use crate::guarded::Guarded;
 use crate::handle::handle;
 use crate::shared::{known_target, Destination, Downstream, Shared};
 use crate::sniff::{classify, Prefixed, Sniffed};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nBad Request";
 
 pub async fn serve(
     listener: TcpListener,
@@ -176,9 +180,29 @@ async fn serve_tunnel(shared: Arc<Shared>, down: Arc<Downstream>, mut io: Duplex
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192))
-                .serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP/1 connection in tunnel ended");
+                // The guard ends a refused stream with EOF: answers already in progress must
+                // still be written, so EOF is a half-close, not an abort.
+                .half_close(true)
+                .serve_connection(TokioIo::new(Guarded::new(io, limits.max_header_bytes)), svc)
+                .without_shutdown();
+            match conn.await {
+                Ok(parts) => {
+                    let guarded = parts.io.into_inner();
+                    if let Some((why, at_head)) = guarded.refused().cloned() {
+                        tracing::info!(client = %down.client, dst = %down.dst, reason = %why, "request refused: ambiguous framing");
+                        let mut io = guarded.into_inner();
+                        // A refusal before the request reached the server gets its 400 here;
+                        // one in the middle of a body failed that request's handler already.
+                        if at_head {
+                            let _ = io.write_all(BAD_REQUEST).await;
+                        }
+                        let _ = io.shutdown().await;
+                    } else {
+                        let mut io = guarded.into_inner();
+                        let _ = io.shutdown().await;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "HTTP/1 connection in tunnel ended"),
             }
         }
         AppProtocol::Http2 => {
