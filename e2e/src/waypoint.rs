@@ -241,6 +241,73 @@ fn serve_http(conn: TcpStream, pod: &str) {
     }
 }
 
+/// An HTTP/2 (prior knowledge, h2c) server answering like a gRPC service: 200,
+/// `content-type: application/grpc`, a body naming the pod and path, trailer `grpc-status: 0`.
+pub struct GrpcBackend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GrpcBackend {
+    pub fn start(ns: &Netns, addr: SocketAddr, pod: &'static str) -> Result<GrpcBackend> {
+        let listener = run_in(ns, || TcpListener::bind(addr))
+            .with_context(|| format!("binding gRPC backend on {addr} in {}", ns.name()))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                while !s.load(Ordering::Relaxed) {
+                    let Ok(Ok((tcp, _))) =
+                        tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+                    else {
+                        continue;
+                    };
+                    tokio::spawn(serve_grpc(tcp, pod));
+                }
+            });
+        });
+        Ok(GrpcBackend {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for GrpcBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve_grpc(tcp: tokio::net::TcpStream, pod: &'static str) {
+    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let body = format!("pod={pod}\npath={}\n", req.uri().path());
+        let resp = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("response");
+        if let Ok(mut send) = respond.send_response(resp, false) {
+            let _ = send.send_data(Bytes::from(body), false);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let _ = send.send_trailers(trailers);
+        }
+    }
+}
+
 /// An answer received through the waypoint.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -346,6 +413,67 @@ impl HboneClient {
         };
         let _ = tokio::time::timeout(wait, read).await;
         Ok((raw, start.elapsed()))
+    }
+
+    /// One HTTP/2 (prior knowledge) POST to `dst` through the waypoint, as a gRPC client sends
+    /// it; the reply's `grpc-status` trailer is added to its headers.
+    pub async fn grpc(&self, dst: SocketAddr, path: &str) -> Result<Reply> {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dst.to_string())
+            .body(())?;
+        let work = async {
+            let tunnel = self.pool.connect(&self.key, req).await?;
+            if tunnel.response.status() != 200 {
+                bail!("CONNECT answered {}", tunnel.response.status());
+            }
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            let (send, recv) = (tunnel.send, tunnel.response.into_body());
+            let guard = tunnel.guard;
+            tokio::spawn(async move {
+                let _slot = guard;
+                let _ = meshtunnel::hbone::copy_bidirectional(far, send, recv).await;
+            });
+            let (client, conn) = h2::client::handshake(near).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut client = client.ready().await?;
+            let req = http::Request::builder()
+                .method(http::Method::POST)
+                .uri(format!("http://echo{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())?;
+            let (resp, _) = client.send_request(req, true)?;
+            let resp = resp.await?;
+            let status = resp.status().as_u16();
+            let mut headers: BTreeMap<String, String> = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let mut body = resp.into_body();
+            let mut raw = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                raw.extend_from_slice(&chunk);
+            }
+            if let Some(t) = body.trailers().await? {
+                for (k, v) in &t {
+                    headers.insert(k.to_string(), v.to_str().unwrap_or("").to_owned());
+                }
+            }
+            Ok(Reply {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&raw).into_owned(),
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(15), work)
+            .await
+            .context("gRPC request through the waypoint timed out")?
     }
 
     /// One request to `dst` (the original destination) through the waypoint.

@@ -7,24 +7,31 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshtunnel_e2e::waypoint::{HboneClient, HttpBackend, Reply, Waypoint};
+use meshtunnel_e2e::waypoint::{GrpcBackend, HboneClient, HttpBackend, Reply, Waypoint};
 use meshtunnel_e2e::{ExtraService, Mesh, MeshOptions, PodSpec};
 
 const ECHO: ([u8; 4], u16) = ([10, 96, 0, 10], 80);
+const GRPC_PORT: u16 = 9090;
 
 fn echo_vip() -> SocketAddr {
     SocketAddr::from(ECHO)
 }
 
+type Backends = ([HttpBackend; 2], [GrpcBackend; 2]);
+
 /// a1 and b1 are meshed backends (echo-v2 and echo-v1), the waypoint runs in a2, the client
 /// sends from b2 (both plain pods: no capture, so the test talks HBONE itself).
-fn start() -> (Mesh, Waypoint, HboneClient, [HttpBackend; 2]) {
-    let svc = |name, last, endpoints| ExtraService {
+fn start() -> (Mesh, Waypoint, HboneClient, Backends) {
+    let svc_port = |name, last, port, endpoints| ExtraService {
         name,
         vip: Ipv4Addr::new(10, 96, 0, last),
-        port: 80,
-        target_port: 8080,
+        port,
+        target_port: port,
         endpoints,
+    };
+    let svc = |name, last, endpoints| ExtraService {
+        target_port: 8080,
+        ..svc_port(name, last, 80, endpoints)
     };
     let opts = MeshOptions {
         pods: vec![
@@ -37,15 +44,25 @@ fn start() -> (Mesh, Waypoint, HboneClient, [HttpBackend; 2]) {
             svc("echo-v1", 11, vec!["b1"]),
             svc("echo-v2", 12, vec!["a1"]),
             svc("echo-empty", 13, vec![]),
+            svc_port("grpc", 20, GRPC_PORT, vec!["b1"]),
+            svc_port("grpc-v1", 21, GRPC_PORT, vec!["b1"]),
+            svc_port("grpc-v2", 22, GRPC_PORT, vec!["a1"]),
         ],
         ..MeshOptions::default()
     };
     let mesh = Mesh::start(opts).unwrap();
     let any = SocketAddr::from(([0, 0, 0, 0], 8080));
-    let backends = [
-        HttpBackend::start(mesh.pod_ns("b1"), any, "b1").unwrap(),
-        HttpBackend::start(mesh.pod_ns("a1"), any, "a1").unwrap(),
-    ];
+    let grpc = SocketAddr::from(([0, 0, 0, 0], GRPC_PORT));
+    let backends = (
+        [
+            HttpBackend::start(mesh.pod_ns("b1"), any, "b1").unwrap(),
+            HttpBackend::start(mesh.pod_ns("a1"), any, "a1").unwrap(),
+        ],
+        [
+            GrpcBackend::start(mesh.pod_ns("b1"), grpc, "b1").unwrap(),
+            GrpcBackend::start(mesh.pod_ns("a1"), grpc, "a1").unwrap(),
+        ],
+    );
     let wp = Waypoint::start(&mesh, "a2").unwrap();
     let client = HboneClient::new(&mesh, "b2", "a2").unwrap();
     (mesh, wp, client, backends)
@@ -95,6 +112,17 @@ spec:
       urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}
     backendRefs: [{name: echo-v2, port: 80}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: grpc}]
+  rules:
+  - matches: [{method: {service: pkg.Greeter, method: Hello}}]
+    backendRefs: [{name: grpc-v2, port: 9090}]
+  - matches: [{method: {service: pkg.Greeter}}, {headers: [{name: x-version, value: v2}]}]
+    backendRefs: [{name: grpc-v1, port: 9090}]
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: echo-faults, namespace: demo}
@@ -115,6 +143,7 @@ spec:
 
 const OBJECTS: &[&str] = &[
     "HTTPRoute demo/echo",
+    "GRPCRoute demo/grpc",
     "VirtualService demo/echo-faults",
     "AuthorizationPolicy demo/deny-admin",
 ];
@@ -410,5 +439,51 @@ fn hostile_http_is_refused_without_leaks() {
         !wp.logs().contains("panicked"),
         "the waypoint panicked:\n{}",
         wp.logs()
+    );
+}
+
+#[test]
+fn grpc_route_picks_the_backend() {
+    let (mesh, wp, client, _backends) = start();
+    wp.apply(&mesh, ROUTES, OBJECTS).unwrap();
+    let grpc = SocketAddr::from(([10, 96, 0, 20], GRPC_PORT));
+    let call = |path: &str| {
+        mesh.rt
+            .block_on(client.grpc(grpc, path))
+            .unwrap_or_else(|e| panic!("{path}: {e:#}\n--- waypoint ---\n{}", wp.logs()))
+    };
+    for (path, pod) in [("/pkg.Greeter/Hello", "a1"), ("/pkg.Greeter/Bye", "b1")] {
+        for _ in 0..5 {
+            let r = call(path);
+            assert_eq!((r.status, r.pod()), (200, Some(pod)), "{path}: {r:?}");
+            assert_eq!(
+                r.headers.get("grpc-status").map(String::as_str),
+                Some("0"),
+                "{r:?}"
+            );
+            assert!(r.body.contains(&format!("path={path}")), "{r:?}");
+        }
+    }
+    // Routes exist for this service but none matches: 404.
+    let r = call("/pkg.Other/Call");
+    assert_eq!(r.status, 404, "{r:?}");
+
+    // A bad object is refused with file:line and the config in force stays.
+    let bad = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad, namespace: demo}\nspec:\n  parentRefs: [{kind: Service, name: grpc}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: \"(\"}}]\n    backendRefs: [{name: grpc-v1}]\n";
+    std::fs::write(wp.routes_dir.join("bad.yaml"), bad).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wp.logs().contains("bad.yaml:1: HTTPRoute demo/bad") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            wp.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = call("/pkg.Greeter/Hello");
+    assert_eq!(
+        (r.status, r.pod()),
+        (200, Some("a1")),
+        "previous config lost: {r:?}"
     );
 }
