@@ -226,6 +226,20 @@ fn split_deny_fault_and_local_replies() {
     let r = get(&mesh, &wp, &client, "/public");
     assert_eq!((r.status, r.pod()), (200, Some("a1")), "{r:?}");
 
+    // `waypoint debug explain` names the policy that decided.
+    let bin = meshtunnel_e2e::mesh::find_binary("waypoint", false).unwrap();
+    let out =
+        meshtunnel_e2e::mesh::run_cmd(mesh.pod_ns("a2").command(bin.to_str().unwrap()).args([
+            "debug",
+            "explain",
+            "--dst",
+            "10.96.0.10:80",
+            "--path",
+            "/admin/users",
+        ]))
+        .unwrap();
+    assert!(out.contains("DENY policy demo/deny-admin"), "{out}");
+
     // Fault abort at 100 %.
     for _ in 0..20 {
         let r = get(&mesh, &wp, &client, "/fault/x");
@@ -256,6 +270,21 @@ fn split_deny_fault_and_local_replies() {
     );
     let r = get(&mesh, &wp, &client, "/rewrite/x?y=1");
     assert!(r.body.contains("target=/rewritten/x?y=1"), "{r:?}");
+
+    // Bytes that are not HTTP are passed through to an endpoint of the service as TCP.
+    let (raw, _) = mesh
+        .rt
+        .block_on(client.raw(
+            echo_vip(),
+            b"\x00\x01opaque\r\n\r\n",
+            Duration::from_secs(1),
+        ))
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("pod=b1") && text.contains("opaque"),
+        "TCP passthrough: {text:?}"
+    );
 
     // Both backends were reached through their node's ztunnel (HBONE to pod:15008), with the
     // waypoint's identity as the peer.

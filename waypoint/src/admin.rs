@@ -35,6 +35,39 @@ pub async fn serve_readiness(l: TcpListener, stop: CancellationToken) {
     lh::serve(l, h, stop).await
 }
 
+const INDEX: &str = "waypoint admin\n\
+  GET /config_dump      routes, virtual services, policies, endpoints, certificate (JSON)\n\
+  GET /debug/explain?dst=IP:PORT&path=/p[&method=GET][&principal=td/ns/x/sa/y][&src=IP][&header=name:value]\n";
+
+/// Reads `/debug/explain` parameters.
+fn explain_query(
+    req: &http::Request<hyper::body::Incoming>,
+) -> Result<crate::explain::Query, String> {
+    let dst = lh::query_param(req, "dst")
+        .ok_or("dst=IP:PORT is required")?
+        .parse()
+        .map_err(|_| "dst must be IP:PORT")?;
+    let method = lh::query_param(req, "method").unwrap_or_else(|| "GET".into());
+    let headers = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "header")
+        .filter_map(|(_, h)| {
+            h.split_once(':')
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        })
+        .collect();
+    Ok(crate::explain::Query {
+        dst,
+        method: http::Method::from_bytes(method.as_bytes()).map_err(|_| "bad method")?,
+        path: lh::query_param(req, "path").unwrap_or_else(|| "/".into()),
+        headers,
+        principal: lh::query_param(req, "principal"),
+        source_ip: lh::query_param(req, "src")
+            .map(|s| s.parse().map_err(|_| "src must be an IP"))
+            .transpose()?
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+    })
+}
+
 pub struct Admin {
     pub mesh: Arc<State>,
     pub config: Arc<ConfigCell>,
@@ -44,7 +77,14 @@ pub struct Admin {
 pub async fn serve_admin(l: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     let h: lh::Handler = Arc::new(move |req| match (req.method(), req.uri().path()) {
         (&Method::GET, "/config_dump") => lh::json(StatusCode::OK, &config_dump(&admin)),
-        (&Method::GET, "/") => lh::text(StatusCode::OK, "waypoint admin\n  GET /config_dump\n"),
+        (&Method::GET, "/debug/explain") => match explain_query(req) {
+            Ok(q) => lh::json(
+                StatusCode::OK,
+                &crate::explain::explain(&admin.mesh.current(), &admin.config.current(), &q),
+            ),
+            Err(e) => lh::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        },
+        (&Method::GET, "/") => lh::text(StatusCode::OK, INDEX),
         _ => lh::text(StatusCode::NOT_FOUND, "not found; try /config_dump\n"),
     });
     lh::serve(l, h, stop).await

@@ -7,6 +7,7 @@ mod app;
 mod authz;
 mod body;
 mod config;
+mod explain;
 mod forward;
 mod guarded;
 mod h1guard;
@@ -35,6 +36,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Inspect a running waypoint through its admin API (run where it runs).
+    Debug {
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
+        #[command(subcommand)]
+        what: DebugWhat,
+    },
     /// The argv istiod's waypoint Deployment gives Envoy's image (`proxy waypoint --domain
     /// ... --serviceCluster ...`): runs the waypoint; Envoy's flags are accepted and ignored,
     /// settings come from the environment.
@@ -46,10 +54,94 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum DebugWhat {
+    /// Routes by destination service, in match order (JSON).
+    Routes,
+    /// L7 authorization policies (JSON).
+    Policies,
+    /// Which route and which policy decide a request.
+    Explain {
+        /// Original destination, service VIP:port or pod IP:port.
+        #[arg(long)]
+        dst: std::net::SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Source principal, e.g. cluster.local/ns/demo/sa/web.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Request headers as name:value.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+}
+
+fn debug(admin: std::net::SocketAddr, what: &DebugWhat) -> anyhow::Result<String> {
+    use meshtunnel::debug::client::get;
+    let pick = |key: &str| -> anyhow::Result<String> {
+        let v: serde_json::Value = serde_json::from_str(&get(admin, "/config_dump")?)?;
+        Ok(serde_json::to_string_pretty(&v[key])? + "\n")
+    };
+    match what {
+        DebugWhat::Routes => pick("routes"),
+        DebugWhat::Policies => pick("policies"),
+        DebugWhat::Explain {
+            dst,
+            path,
+            method,
+            principal,
+            headers,
+        } => {
+            let enc = |s: &str| -> String {
+                s.bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z'
+                        | b'a'..=b'z'
+                        | b'0'..=b'9'
+                        | b'-'
+                        | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'/' => (b as char).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect()
+            };
+            let mut q = format!(
+                "/debug/explain?dst={dst}&path={}&method={}",
+                enc(path),
+                enc(method)
+            );
+            if let Some(p) = principal {
+                q += &format!("&principal={}", enc(p));
+            }
+            for h in headers {
+                q += &format!("&header={}", enc(h));
+            }
+            let v: serde_json::Value = serde_json::from_str(&get(admin, &q)?)?;
+            Ok(serde_json::to_string_pretty(&v)? + "\n")
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let settings = match &cli.command {
         None => cli.settings,
+        Some(Command::Debug { admin, what }) => {
+            return match debug(*admin, what) {
+                Ok(out) => {
+                    print!("{out}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("waypoint debug: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Proxy { kind, ignored }) => {
             if kind != "waypoint" {
                 eprintln!("waypoint: `proxy {kind}` is not supported (only `proxy waypoint`)");

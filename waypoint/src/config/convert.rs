@@ -213,14 +213,37 @@ fn backends(list: &[BackendRef], ns: &str) -> Result<Vec<Backend>> {
     list.iter()
         .map(|b| {
             let (service, port) = backend_ref(b, ns)?;
+            let filters = filters(&b.filters, ns)?;
+            // Per-backend filters act on the request as it leaves for that backend: header
+            // modifiers are applied there; anything else would be silently dropped, so refuse.
+            if let Some(f) = filters
+                .iter()
+                .find(|f| !matches!(f, Filter::RequestHeaders(_) | Filter::ResponseHeaders(_)))
+            {
+                return Err(format!(
+                    "backendRef {}: filter {} is not supported per backend (header modifiers are)",
+                    b.name,
+                    filter_kind(f)
+                ));
+            }
             Ok(Backend {
                 service,
                 port,
                 weight: b.weight.unwrap_or(1),
-                filters: filters(&b.filters, ns)?,
+                filters,
             })
         })
         .collect()
+}
+
+fn filter_kind(f: &Filter) -> &'static str {
+    match f {
+        Filter::RequestHeaders(_) => "RequestHeaderModifier",
+        Filter::ResponseHeaders(_) => "ResponseHeaderModifier",
+        Filter::Redirect(_) => "RequestRedirect",
+        Filter::Rewrite { .. } => "URLRewrite",
+        Filter::Mirror { .. } => "RequestMirror",
+    }
 }
 
 /// ReplacePrefixMatch only makes sense when every match of the rule is a PathPrefix.

@@ -9,6 +9,8 @@ mod watch;
 
 pub use convert::AppProtocol;
 pub use load::load_dir;
+#[cfg(test)]
+pub(crate) use load::parse_documents;
 pub use watch::spawn_dir_watcher;
 
 use std::collections::HashMap;

@@ -138,6 +138,7 @@ fn bad_objects_are_refused_with_file_and_line() {
         ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [a]\n  http:\n  - fault: {abort: {httpStatus: 700}}\n", 1, "httpStatus 700"),
         ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{kind: Service, name: a}]\n  action: CUSTOM\n", 1, "CUSTOM"),
         ("metadata: {name: x}\n", 1, "without kind"),
+        ("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - backendRefs: [{name: a, filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]}]\n", 1, "not supported per backend"),
         ("kind: [\n", 1, "invalid type"),
     ];
     for (doc, line, text) in cases {
