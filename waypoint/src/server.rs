@@ -215,6 +215,13 @@ async fn serve_tunnel(shared: Arc<Shared>, down: Arc<Downstream>, mut io: Duplex
                 .timer(TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .max_concurrent_streams(1000)
+                // Rapid reset (CVE-2023-44487): a client that opens and cancels streams faster
+                // than they are accepted, or makes us reset many, loses the connection.
+                .max_pending_accept_reset_streams(100)
+                .max_local_error_reset_streams(1024)
+                // A dead client behind the tunnel is noticed and its connection freed.
+                .keep_alive_interval(std::time::Duration::from_secs(30))
+                .keep_alive_timeout(std::time::Duration::from_secs(20))
                 .serve_connection(TokioIo::new(io), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP/2 connection in tunnel ended");
