@@ -36,11 +36,21 @@ impl Waypoint {
     /// Starts `waypoint` in `pod`'s namespace (mesh config and CA of `mesh`, route objects
     /// from a fresh directory) and waits until it is ready.
     pub fn start(mesh: &Mesh, pod: &'static str) -> Result<Waypoint> {
+        Self::start_with(mesh, pod, false, "info,access=info")
+    }
+
+    /// [`Waypoint::start`] with the release binary and a log filter (benchmarks).
+    pub fn start_with(
+        mesh: &Mesh,
+        pod: &'static str,
+        release: bool,
+        filter: &str,
+    ) -> Result<Waypoint> {
         let routes_dir = mesh.dir.path().join("waypoint-routes");
         std::fs::create_dir_all(&routes_dir)?;
         let log = mesh.dir.path().join("waypoint.log");
         let out = std::fs::File::create(&log)?;
-        let bin = find_binary("waypoint", false)?;
+        let bin = find_binary("waypoint", release)?;
         let ns = mesh.pod_ns(pod);
         let mut cmd = ns.command(bin.to_str().unwrap_or("waypoint"));
         cmd.env_clear()
@@ -52,7 +62,7 @@ impl Waypoint {
             .env("SERVICE_ACCOUNT", WAYPOINT_SA)
             .env("CONFIG_POLL_INTERVAL", "200ms")
             .env("WAYPOINT_HEADER_TIMEOUT", "1s")
-            .env("RUST_LOG", "info,access=info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -77,6 +87,10 @@ impl Waypoint {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self._child.id()
     }
 
     /// Open file descriptors of the waypoint process.
@@ -130,7 +144,7 @@ impl Waypoint {
 
 /// A small HTTP/1.1 server: answers with which pod it is and the request it got. Paths:
 /// `/delay/<ms>` waits first, `/status/<code>` answers that code, `/flaky` answers 503 half
-/// the time; anything else 200.
+/// the time, `/pad/<n>` adds `n` bytes to the body; anything else 200.
 pub struct HttpBackend {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -333,6 +347,18 @@ pub struct HboneClient {
 
 impl HboneClient {
     pub fn new(mesh: &Mesh, from_pod: &str, waypoint_pod: &str) -> Result<HboneClient> {
+        let addr = SocketAddr::new(mesh.pod_ip(waypoint_pod).into(), 15008);
+        Self::to(mesh, from_pod, addr, Waypoint::identity())
+    }
+
+    /// A client of any HBONE server: `server` (ip:15008) presenting `identity`; with a pod's
+    /// ztunnel as the server this is the path without a waypoint.
+    pub fn to(
+        mesh: &Mesh,
+        from_pod: &str,
+        server: SocketAddr,
+        identity: Identity,
+    ) -> Result<HboneClient> {
         let ca = LocalCa::load_or_create(&mesh.ca_dir(), TRUST_DOMAIN)?;
         let tls = TlsContext::new(&[ca.root().clone()], TRUST_DOMAIN)?;
         let id = Identity::new(
@@ -370,11 +396,7 @@ impl HboneClient {
             })
         });
         let pool = Pool::new(dialer, H2Settings::default());
-        let key = PoolKey::new(
-            id,
-            vec![Waypoint::identity()],
-            SocketAddr::new(mesh.pod_ip(waypoint_pod).into(), 15008),
-        );
+        let key = PoolKey::new(id, vec![identity], server);
         Ok(HboneClient {
             pool,
             key,
