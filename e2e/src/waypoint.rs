@@ -36,7 +36,12 @@ impl Waypoint {
     /// Starts `waypoint` in `pod`'s namespace (mesh config and CA of `mesh`, route objects
     /// from a fresh directory) and waits until it is ready.
     pub fn start(mesh: &Mesh, pod: &'static str) -> Result<Waypoint> {
-        Self::start_with(mesh, pod, false, "info,access=info")
+        Self::start_with(
+            mesh,
+            pod,
+            false,
+            "info,access=info,waypoint::client_pool=debug",
+        )
     }
 
     /// [`Waypoint::start`] with the release binary and a log filter (benchmarks).
@@ -62,6 +67,8 @@ impl Waypoint {
             .env("SERVICE_ACCOUNT", WAYPOINT_SA)
             .env("CONFIG_POLL_INTERVAL", "200ms")
             .env("WAYPOINT_HEADER_TIMEOUT", "1s")
+            // Idle HBONE connections to the endpoints close soon, so fd counts settle in tests.
+            .env("WAYPOINT_POOL_IDLE_TIMEOUT", "2s")
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -191,7 +198,9 @@ fn serve_http(conn: TcpStream, pod: &str) {
         Err(_) => return,
     };
     let mut r = BufReader::new(conn);
+    let mut seq = 0;
     loop {
+        seq += 1;
         let mut line = String::new();
         if r.read_line(&mut line).unwrap_or(0) == 0 {
             return;
@@ -237,8 +246,9 @@ fn serve_http(conn: TcpStream, pod: &str) {
         } else if path == "/flaky" && rand::random::<bool>() {
             status = 503;
         }
+        // `req` is the request's position on its TCP connection: 2 and up show reuse.
         let mut out = format!(
-            "pod={pod}\nmethod={method}\ntarget={target}\nbody={}\n",
+            "pod={pod}\nreq={seq}\nmethod={method}\ntarget={target}\nbody={}\n",
             body.len()
         );
         for (k, v) in &headers {

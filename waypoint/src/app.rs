@@ -55,7 +55,10 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let identity = Identity::new(&s.trust_domain, &s.namespace, &s.service_account);
     let cert = certs.get(&identity)?;
     let server_tls = tls.server_config(cert.clone())?;
-    let h2 = H2Settings::default();
+    let h2 = H2Settings {
+        idle_timeout: s.pool_idle_timeout,
+        ..H2Settings::default()
+    };
 
     let telemetry = Arc::new(Telemetry::default());
     let shared = Arc::new(Shared {
@@ -66,6 +69,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         limits: Limits {
             header_timeout: s.header_timeout,
             max_header_bytes: s.max_header_bytes,
+            upstream_idle_timeout: s.pool_idle_timeout,
             ..Limits::default()
         },
     });

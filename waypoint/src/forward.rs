@@ -16,6 +16,7 @@ use meshtunnel::state::Workload;
 use rand::Rng;
 
 use crate::body::{self, Body};
+use crate::client_pool::{ReturnOnEnd, Sender};
 use crate::reply::LocalReply;
 use crate::route::filters::{modify_headers, pick_backend};
 use crate::route::{Filter, Retry, Rule, ServiceRef};
@@ -207,20 +208,32 @@ async fn attempt_once(
             (shared.upstreams.order(&svc, bport, eps), filters)
         }
     };
-    let mut io = None;
+    let mut sender = None;
     for ep in &eps {
-        match shared.upstreams.open(ep, down.client).await {
-            Ok(s) => {
+        let key = (ep.addr, attempt.h2);
+        // A connection this client's earlier requests left open comes first.
+        if let Some(mut s) = down.clients.take(&key) {
+            if s.ready().await {
                 record.set_endpoint(&ep.workload);
-                io = Some(s);
+                sender = Some((key, s));
                 break;
             }
+        }
+        match shared.upstreams.open(ep, down.client).await {
+            Ok(io) => match handshake(io, attempt.h2).await {
+                Ok(s) => {
+                    record.set_endpoint(&ep.workload);
+                    sender = Some((key, s));
+                    break;
+                }
+                Err(e) => tracing::debug!(endpoint = %ep.addr, error = %e, "HTTP handshake failed"),
+            },
             Err(e) => {
                 tracing::debug!(endpoint = %ep.addr, error = %e, "endpoint failed to connect, trying the next")
             }
         }
     }
-    let Some(io) = io else {
+    let Some((key, mut sender)) = sender else {
         return Err(AttemptError::Local(LocalReply::ConnectFailure));
     };
     let mut headers = attempt.headers.clone();
@@ -233,7 +246,7 @@ async fn attempt_once(
         }
     }
     let req = build_request(attempt, headers, body);
-    let resp = send(io, req, attempt.h2).await.map_err(|e| {
+    let resp = sender.send(req).await.map_err(|e| {
         tracing::debug!(error = %e, "upstream exchange failed");
         // A user (body) error is the client's request body failing, not the upstream.
         AttemptError::Local(if e.is_user() {
@@ -242,6 +255,16 @@ async fn attempt_once(
             LocalReply::UpstreamReset
         })
     })?;
+    // HTTP/2 connections are shared from the pool already; an HTTP/1 one goes back once its
+    // response has been read to the end.
+    let back = match sender {
+        Sender::H1(_) => Some((down.clients.clone(), key, sender)),
+        Sender::H2(_) => {
+            down.clients.put(key, sender);
+            None
+        }
+    };
+    let resp = resp.map(|b| ReturnOnEnd::new(b, back));
     let (mut parts, b) = resp.into_parts();
     for m in response_mods {
         modify_headers(&mut parts.headers, m);
@@ -290,26 +313,22 @@ fn build_request(a: &Attempt, mut headers: HeaderMap, body: Body) -> Request<Bod
     req
 }
 
-/// One HTTP exchange on a fresh upstream stream.
-async fn send(
-    io: Box<dyn Io>,
-    req: Request<Body>,
-    h2: bool,
-) -> Result<Response<Incoming>, hyper::Error> {
+/// Starts HTTP on a fresh upstream stream.
+async fn handshake(io: Box<dyn Io>, h2: bool) -> Result<Sender, hyper::Error> {
     let io = TokioIo::new(io);
     if h2 {
-        let (mut sender, conn) =
+        let (sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        sender.send_request(req).await
+        Ok(Sender::H2(sender))
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        sender.send_request(req).await
+        Ok(Sender::H1(sender))
     }
 }
 
@@ -337,8 +356,10 @@ pub fn mirror(
         };
         let req = build_request(&a, a.headers.clone(), body::full(b));
         let work = async {
-            if let Ok(resp) = send(io, req, a.h2).await {
-                let _ = resp.into_body().collect().await;
+            if let Ok(mut s) = handshake(io, a.h2).await {
+                if let Ok(resp) = s.send(req).await {
+                    let _ = resp.into_body().collect().await;
+                }
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(30), work).await;

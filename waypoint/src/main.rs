@@ -6,6 +6,7 @@ mod admin;
 mod app;
 mod authz;
 mod body;
+mod client_pool;
 mod config;
 mod explain;
 mod forward;

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::client_pool::ClientPool;
 use crate::config::AppProtocol;
 use crate::guarded::Guarded;
 use crate::handle::handle;
@@ -121,6 +122,7 @@ async fn stream(
         dst,
         client,
         peer: (*identity).clone(),
+        clients: ClientPool::new(16, shared.limits.upstream_idle_timeout),
     });
     let send = match respond.send_response(Response::new(()), false) {
         Ok(s) => s,

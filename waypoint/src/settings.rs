@@ -49,6 +49,10 @@ pub struct Settings {
     /// Bound on dialing an endpoint (TCP + TLS + CONNECT).
     #[arg(long, env = "WAYPOINT_CONNECT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
     pub connect_timeout: Duration,
+    /// Pooled upstream connections (HBONE to endpoints, and HTTP inside them) unused this
+    /// long are closed / not reused.
+    #[arg(long, env = "WAYPOINT_POOL_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub pool_idle_timeout: Duration,
     /// A client must finish its request headers within this.
     #[arg(long, env = "WAYPOINT_HEADER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub header_timeout: Duration,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use meshtunnel::identity::Identity;
 use meshtunnel::state::{ConfigSnapshot, State, Workload};
 
+use crate::client_pool::ClientPool;
 use crate::route::ServiceRef;
 use crate::state::ConfigCell;
 use crate::telemetry::Telemetry;
@@ -24,6 +25,8 @@ pub struct Limits {
     /// How long protocol sniffing waits for a client's first bytes before treating the
     /// stream as opaque TCP (server-first protocols send nothing).
     pub sniff_timeout: Duration,
+    /// An upstream HTTP connection unused this long is not reused.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             max_header_bytes: 60 * 1024,
             retry_buffer: 1024 * 1024,
             sniff_timeout: Duration::from_secs(1),
+            upstream_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -54,6 +58,8 @@ pub struct Downstream {
     pub client: SocketAddr,
     /// The verified SPIFFE id of the HBONE peer: the request's source principal.
     pub peer: Identity,
+    /// Upstream connections this client's requests may reuse; they close with the tunnel.
+    pub clients: Arc<ClientPool>,
 }
 
 /// What the CONNECT authority names.
