@@ -4,7 +4,9 @@
 //! authority b1:8080); "waypoint" goes to the waypoint in a2 (authority = the echo VIP), which
 //! routes and opens its own HBONE to b1's ztunnel.
 //!
-//! Run: `cargo build --release --workspace --bins && cargo bench -p meshtunnel-e2e --bench waypoint`.
+//! Run: `cargo build --release --workspace --bins && cargo bench -p meshtunnel-e2e --bench waypoint`
+//! (`--profile dev` builds only this client unoptimised, skipping a release build of the
+//! e2e dev-dependencies; the proxies measured are the release binaries either way).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
