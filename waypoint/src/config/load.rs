@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use super::convert::{self, app_protocol};
+use super::convert;
+use super::convert_istio::{self, app_protocol};
 use super::objects::*;
 use super::WaypointConfig;
 use crate::route::{RouteTable, ServiceRef};
@@ -160,14 +161,19 @@ pub fn parse_documents(
                 ("networking.istio.io", "VirtualService") => {
                     let spec: VirtualServiceSpec = typed(&doc).map_err(typed_err)?;
                     overlays.extend(
-                        convert::virtual_service(&head.metadata, &spec, &ns).map_err(named)?,
+                        convert_istio::virtual_service(&head.metadata, &spec, &ns)
+                            .map_err(named)?,
                     );
                 }
                 ("security.istio.io", "AuthorizationPolicy") => {
                     let spec: AuthzSpec = typed(&doc).map_err(typed_err)?;
-                    if let Some(p) =
-                        convert::authorization_policy(&head.metadata, &spec, &ns, root_namespace)
-                            .map_err(named)?
+                    if let Some(p) = convert_istio::authorization_policy(
+                        &head.metadata,
+                        &spec,
+                        &ns,
+                        root_namespace,
+                    )
+                    .map_err(named)?
                     {
                         cfg.policies.push(p);
                     }

@@ -3,11 +3,12 @@
 //! immutable [`WaypointConfig`], plus the local workload/service file ztunnel reads.
 
 mod convert;
+mod convert_istio;
 mod load;
 mod objects;
 mod watch;
 
-pub use convert::AppProtocol;
+pub use convert_istio::AppProtocol;
 pub use load::load_dir;
 #[cfg(test)]
 pub(crate) use load::parse_documents;
