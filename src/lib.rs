@@ -10,7 +10,7 @@ pub mod debug;
 pub mod hbone;
 pub mod identity;
 pub mod inpod;
-mod local_http;
+pub mod local_http;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

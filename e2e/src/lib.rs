@@ -9,6 +9,7 @@
 pub mod apps;
 pub mod cluster;
 pub mod mesh;
+pub mod waypoint;
 pub mod wire;
 
-pub use mesh::{Mesh, MeshOptions, PodSpec};
+pub use mesh::{ExtraService, Mesh, MeshOptions, PodSpec};

@@ -68,6 +68,19 @@ pub struct MeshOptions {
     pub policies: String,
     /// The echo service's `waypoint:` (a GatewayAddress in flow YAML), if any.
     pub echo_waypoint: Option<String>,
+    /// Services besides `echo`, each backed by the pods it names.
+    pub extra_services: Vec<ExtraService>,
+}
+
+/// A service of the config file (namespace demo) besides `echo`: `vip:port` -> `target_port`
+/// on each of `endpoints` (pod names; may be empty: a service with no endpoint).
+#[derive(Clone, Debug)]
+pub struct ExtraService {
+    pub name: &'static str,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub target_port: u16,
+    pub endpoints: Vec<&'static str>,
 }
 
 impl Default for MeshOptions {
@@ -85,6 +98,7 @@ impl Default for MeshOptions {
             env: Vec::new(),
             policies: String::new(),
             echo_waypoint: None,
+            extra_services: Vec::new(),
         }
     }
 }
@@ -235,11 +249,24 @@ impl Mesh {
     ) -> Result<()> {
         let mut y = String::from("workloads:\n");
         for p in pods.iter().filter(|p| p.in_config) {
-            let svc = if p.name == "b1" {
+            let mut svc = if p.name == "b1" {
                 format!("    \"{NAMESPACE}/echo.{NAMESPACE}.svc.cluster.local\":\n      80: 8080\n")
             } else {
                 String::new()
             };
+            for x in self
+                .opts
+                .extra_services
+                .iter()
+                .filter(|x| x.endpoints.contains(&p.name))
+            {
+                svc += &format!(
+                    "    \"{NAMESPACE}/{n}.{NAMESPACE}.svc.cluster.local\":\n      {port}: {target}\n",
+                    n = x.name,
+                    port = x.port,
+                    target = x.target_port
+                );
+            }
             y += &format!(
                 "- uid: {uid}\n  name: {name}\n  namespace: {NAMESPACE}\n  serviceAccount: {sa}\n  trustDomain: {TRUST_DOMAIN}\n  workloadIps: [\"{ip}\"]\n  protocol: {proto}\n  node: {node}\n  network: \"\"\n  services:{empty}\n{svc}",
                 uid = self.workload_uid(p.name),
@@ -256,6 +283,15 @@ impl Mesh {
         );
         if let Some(w) = echo_waypoint {
             y += &format!("  waypoint: {w}\n");
+        }
+        for x in &self.opts.extra_services {
+            y += &format!(
+                "- name: {n}\n  namespace: {NAMESPACE}\n  hostname: {n}.{NAMESPACE}.svc.cluster.local\n  vips: [\"/{vip}\"]\n  ports:\n    {port}: {target}\n  subjectAltNames: []\n",
+                n = x.name,
+                vip = x.vip,
+                port = x.port,
+                target = x.target_port
+            );
         }
         if !policies.is_empty() {
             y += "policies:\n";

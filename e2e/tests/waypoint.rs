@@ -1,395 +1,560 @@
-//! ztunnel's side of waypoints through two real ztunnels: service traffic is steered to the
-//! echo service's waypoint with the VIP as the CONNECT authority; the waypoint's own traffic
-//! goes direct; the destination app sees the client the waypoint names in `Forwarded`, while
-//! L4 policy sees the waypoint; a missing or unreachable waypoint refuses the connection and
-//! never sends it around the waypoint.
-//!
-//! Topology: a1 (client) on node A; a2 on node A is the waypoint pod (service account
-//! `waypoint`, enrolled, so ztunnel A captures what it sends); b1 on node B serves the echo
-//! service (VIP 10.96.0.10:80 -> 8080).
+//! The waypoint between real ztunnels: an HBONE client (a pod's certificate, authority = the
+//! service VIP, as a source ztunnel sends) reaches meshed backend pods through the waypoint
+//! binary; the backends sit behind their real ztunnels' 15008. Checks traffic splitting,
+//! retries, timeouts, fault injection, L7 deny and the waypoint's own replies.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use h2::server::SendResponse;
-use h2::RecvStream;
-use http::{Method, Request, Response, StatusCode};
-use meshtunnel::hbone::{self, H2Settings, Pool, PoolKey};
-use meshtunnel::identity::{peer_identity, CertManager, Identity, LocalCa, TlsContext};
-use meshtunnel::proxy::{new_tcp_socket, PlainSocketFactory};
-use meshtunnel_e2e::apps::{connect_from, echo_exact, random_bytes, EchoServer};
-use meshtunnel_e2e::mesh::{NAMESPACE, TRUST_DOMAIN};
-use meshtunnel_e2e::{Mesh, MeshOptions, PodSpec};
-use rustls::pki_types::ServerName;
-use socket2::SockAddr;
-use test_support::{thread_in, NodeId};
-use tokio_util::sync::CancellationToken;
+use meshtunnel_e2e::waypoint::{GrpcBackend, HboneClient, HttpBackend, Reply, Waypoint};
+use meshtunnel_e2e::{ExtraService, Mesh, MeshOptions, PodSpec};
 
-const VIP: &str = "10.96.0.10:80";
-/// ztunnel's in-pod mark: sockets carrying it pass the pod's capture rules, as the real
-/// waypoint's do (it is not captured; it speaks HBONE itself).
-const MARK: u32 = 1337;
+const ECHO: ([u8; 4], u16) = ([10, 96, 0, 10], 80);
+const GRPC_PORT: u16 = 9090;
 
-fn any(port: u16) -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], port))
+fn echo_vip() -> SocketAddr {
+    SocketAddr::from(ECHO)
 }
 
-fn id(sa: &str) -> Identity {
-    Identity::new(TRUST_DOMAIN, NAMESPACE, sa)
-}
+type Backends = ([HttpBackend; 2], [GrpcBackend; 2]);
 
-/// One CONNECT the stand-in waypoint received.
-#[derive(Clone, Debug)]
-struct Seen {
-    authority: String,
-    forwarded: Option<String>,
-    client: Identity,
-}
-
-/// A stand-in for the waypoint, for these tests only: the real waypoint binary (crate
-/// `waypoint/`) is built separately and arrives later. This is the least of its data path,
-/// made from the library's HBONE server, pool and identity pieces: it terminates HBONE on the
-/// waypoint pod's IP:15008 with a certificate for the waypoint's identity, records each
-/// CONNECT, and relays it as HBONE with its own certificate to the echo endpoint's pod
-/// IP:15008 (authority podIP:targetPort, the `forwarded` header passed on), which is what the
-/// real waypoint must do too. It routes only the echo service (the VIP, or b1's address).
-struct StandinWaypoint {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: CancellationToken,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl StandinWaypoint {
-    fn start(mesh: &Mesh, pod: &str, endpoint: SocketAddr, endpoint_id: Identity) -> Self {
-        let ca = LocalCa::load_or_create(&mesh.ca_dir(), TRUST_DOMAIN).unwrap();
-        let tls = TlsContext::new(&[ca.root().clone()], TRUST_DOMAIN).unwrap();
-        let certs = CertManager::new(Arc::new(ca), Duration::from_secs(3600));
-        let slot = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(certs.get(&id("waypoint")))
-            .unwrap();
-        let listen = mesh.addr(pod, 15008);
-        // Bound to the pod's own address with SO_REUSEPORT: ztunnel's in-pod listener is the
-        // wildcard 0.0.0.0:15008, and the kernel prefers the exact address.
-        let listener = test_support::run_in(mesh.pod_ns(pod), || {
-            let s = new_tcp_socket(false, None)?;
-            s.set_reuse_address(true)?;
-            s.set_reuse_port(true)?;
-            s.bind(&SockAddr::from(listen))?;
-            s.listen(128)?;
-            Ok::<_, std::io::Error>(std::net::TcpListener::from(s))
-        })
-        .unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        let thread = thread_in(mesh.pod_ns(pod), move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(serve(
-                listener,
-                tls,
-                slot,
-                endpoint,
-                endpoint_id,
-                seen2,
-                stop2,
-            ));
-        });
-        StandinWaypoint {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for StandinWaypoint {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    tls: TlsContext,
-    slot: Arc<meshtunnel::identity::CertSlot>,
-    endpoint: SocketAddr,
-    endpoint_id: Identity,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: CancellationToken,
-) {
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let server = tls.server_config(slot.clone()).unwrap();
-    // Sockets are made on this thread, which is inside the waypoint pod's namespace.
-    let factory = Arc::new(PlainSocketFactory { mark: Some(MARK) });
-    let dialer: hbone::Dialer = Arc::new(move |key: PoolKey| {
-        let cfg = tls.client_config(slot.clone(), key.dst.clone());
-        let factory = factory.clone();
-        Box::pin(async move {
-            let cfg = cfg.map_err(std::io::Error::other)?;
-            let tcp = meshtunnel::proxy::connect(factory.as_ref(), key.addr, None).await?;
-            tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::IpAddress(key.addr.ip().into()), tcp)
-                .await
-        })
-    });
-    let pool = Pool::new(dialer, H2Settings::default());
-    let key = PoolKey::new(
-        id("waypoint"),
-        vec![endpoint_id],
-        SocketAddr::new(endpoint.ip(), 15008),
-    );
-    loop {
-        let tcp = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
-        };
-        let (server, pool, key, seen, stop) = (
-            server.clone(),
-            pool.clone(),
-            key.clone(),
-            seen.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            let Ok(tls) = tokio_rustls::TlsAcceptor::from(server).accept(tcp).await else {
-                return;
-            };
-            let Some(client) = peer_identity(tls.get_ref().1.peer_certificates()) else {
-                return;
-            };
-            let _ = hbone::serve_connection(tls, &H2Settings::default(), stop, |req, respond| {
-                relay(
-                    req,
-                    respond,
-                    client.clone(),
-                    pool.clone(),
-                    key.clone(),
-                    endpoint,
-                    seen.clone(),
-                )
-            })
-            .await;
-        });
-    }
-}
-
-async fn relay(
-    req: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
-    client: Identity,
-    pool: Pool,
-    key: PoolKey,
-    endpoint: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-) {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let forwarded = req
-        .headers()
-        .get(http::header::FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    seen.lock().unwrap().push(Seen {
-        authority: authority.clone(),
-        forwarded: forwarded.clone(),
-        client,
-    });
-    if req.method() != Method::CONNECT || (authority != VIP && authority != endpoint.to_string()) {
-        hbone::reject(respond, StatusCode::NOT_FOUND);
-        return;
-    }
-    let mut up = Request::builder()
-        .method(Method::CONNECT)
-        .uri(endpoint.to_string());
-    if let Some(f) = &forwarded {
-        up = up.header(http::header::FORWARDED, f);
-    }
-    let t = match pool.connect(&key, up.body(()).unwrap()).await {
-        Ok(t) if t.response.status() == StatusCode::OK => t,
-        Ok(t) => return hbone::reject(respond, t.response.status()),
-        Err(_) => return hbone::reject(respond, StatusCode::SERVICE_UNAVAILABLE),
+/// a1 and b1 are meshed backends (echo-v2 and echo-v1), the waypoint runs in a2, the client
+/// sends from b2 (both plain pods: no capture, so the test talks HBONE itself).
+fn start() -> (Mesh, Waypoint, HboneClient, Backends) {
+    let svc_port = |name, last, port, endpoints| ExtraService {
+        name,
+        vip: Ipv4Addr::new(10, 96, 0, last),
+        port,
+        target_port: port,
+        endpoints,
     };
-    let Ok(down) = respond.send_response(Response::new(()), false) else {
-        return;
+    let svc = |name, last, endpoints| ExtraService {
+        target_port: 8080,
+        ..svc_port(name, last, 80, endpoints)
     };
-    let _guard = t.guard;
-    let (a, b) = tokio::io::duplex(256 * 1024);
-    let _ = tokio::join!(
-        hbone::copy_bidirectional(a, down, req.into_body()),
-        hbone::copy_bidirectional(b, t.send, t.response.into_body()),
-    );
-}
-
-fn waypoint_at(ip: impl std::fmt::Display) -> String {
-    format!("{{destination: \"/{ip}\", hboneMtlsPort: 15008}}")
-}
-
-/// Sends a line and reads: true if it came back, false if the connection was closed.
-fn echoed(mut c: TcpStream) -> bool {
-    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let msg = b"waypoint-ping\n";
-    if c.write_all(msg).is_err() {
-        return false;
-    }
-    let mut back = [0u8; 14];
-    match c.read_exact(&mut back) {
-        Ok(()) => {
-            assert_eq!(&back, msg);
-            true
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
-            ) =>
-        {
-            false
-        }
-        Err(e) => panic!("neither echoed nor closed: {e}"),
-    }
-}
-
-fn logs(mesh: &Mesh) -> String {
-    format!(
-        "--- ztunnel A ---\n{}\n--- ztunnel B ---\n{}",
-        mesh.logs(NodeId::A),
-        mesh.logs(NodeId::B)
-    )
-}
-
-/// Writes the config with `waypoint` on the echo service and waits until ztunnel A applied it.
-fn set_waypoint(mesh: &Mesh, waypoint: &str) {
-    let applied = || mesh.logs(NodeId::A).matches("applied local config").count();
-    let before = applied();
-    mesh.write_config_full(&mesh.opts.pods, "", Some(waypoint))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while applied() == before {
-        assert!(
-            Instant::now() < deadline,
-            "config not applied\n{}",
-            logs(mesh)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn metric(mesh: &Mesh, waypoint: &str, reason: &str) -> f64 {
-    let text = mesh.metrics(NodeId::A).unwrap();
-    let want = format!(
-        "ztunnel_waypoint_unavailable_total{{waypoint=\"{waypoint}\",reason=\"{reason}\"}}"
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix(&want))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-#[test]
-fn service_traffic_goes_through_its_waypoint_and_never_around_it() {
-    let mut waypoint_pod = PodSpec::meshed("a2");
-    waypoint_pod.service_account = "waypoint".into();
-    let mesh = Mesh::start(MeshOptions {
+    let opts = MeshOptions {
         pods: vec![
             PodSpec::meshed("a1"),
-            waypoint_pod,
+            PodSpec::plain("a2"),
             PodSpec::meshed("b1"),
             PodSpec::plain("b2"),
         ],
-        echo_waypoint: None,
+        extra_services: vec![
+            svc("echo-v1", 11, vec!["b1"]),
+            svc("echo-v2", 12, vec!["a1"]),
+            svc("echo-empty", 13, vec![]),
+            svc_port("grpc", 20, GRPC_PORT, vec!["b1"]),
+            svc_port("grpc-v1", 21, GRPC_PORT, vec!["b1"]),
+            svc_port("grpc-v2", 22, GRPC_PORT, vec!["a1"]),
+        ],
         ..MeshOptions::default()
+    };
+    let mesh = Mesh::start(opts).unwrap();
+    let any = SocketAddr::from(([0, 0, 0, 0], 8080));
+    let grpc = SocketAddr::from(([0, 0, 0, 0], GRPC_PORT));
+    let backends = (
+        [
+            HttpBackend::start(mesh.pod_ns("b1"), any, "b1").unwrap(),
+            HttpBackend::start(mesh.pod_ns("a1"), any, "a1").unwrap(),
+        ],
+        [
+            GrpcBackend::start(mesh.pod_ns("b1"), grpc, "b1").unwrap(),
+            GrpcBackend::start(mesh.pod_ns("a1"), grpc, "a1").unwrap(),
+        ],
+    );
+    let wp = Waypoint::start(&mesh, "a2").unwrap();
+    let client = HboneClient::new(&mesh, "b2", "a2").unwrap();
+    (mesh, wp, client, backends)
+}
+
+fn get(mesh: &Mesh, wp: &Waypoint, c: &HboneClient, path: &str) -> Reply {
+    mesh.rt
+        .block_on(c.request(echo_vip(), "GET", path, &[]))
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}\n--- waypoint ---\n{}", wp.logs()))
+}
+
+const ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-route, value: split}]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-waypoint, value: yes}]}
+    backendRefs:
+    - {name: echo-v1, port: 80, weight: 90}
+    - {name: echo-v2, port: 80, weight: 10}
+  - matches: [{path: {type: PathPrefix, value: /flaky}}]
+    backendRefs: [{name: echo-v1, port: 80}]
+    retry: {attempts: 10, codes: [503], backoff: 1ms}
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    backendRefs: [{name: echo-v1, port: 80}]
+    timeouts: {request: 200ms}
+  - matches: [{path: {type: PathPrefix, value: /admin}}, {path: {type: PathPrefix, value: /public}}, {path: {type: PathPrefix, value: /fault}}]
+    backendRefs: [{name: echo-v2, port: 80}]
+  - matches: [{path: {type: Exact, value: /empty}}]
+    backendRefs: [{name: echo-empty, port: 80}]
+  - matches: [{path: {type: Exact, value: /zero}}]
+    backendRefs: [{name: echo-v1, port: 80, weight: 0}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: new.example, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {type: PathPrefix, value: /rewrite}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}
+    backendRefs: [{name: echo-v2, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: grpc}]
+  rules:
+  - matches: [{method: {service: pkg.Greeter, method: Hello}}]
+    backendRefs: [{name: grpc-v2, port: 9090}]
+  - matches: [{method: {service: pkg.Greeter}}, {headers: [{name: x-version, value: v2}]}]
+    backendRefs: [{name: grpc-v1, port: 9090}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo-faults, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  http:
+  - match: [{uri: {prefix: /fault}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: demo}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"#;
+
+const OBJECTS: &[&str] = &[
+    "HTTPRoute demo/echo",
+    "GRPCRoute demo/grpc",
+    "VirtualService demo/echo-faults",
+    "AuthorizationPolicy demo/deny-admin",
+];
+
+/// Sends `n` GETs of `path`, `conc` at a time; returns every reply.
+fn many(
+    mesh: &Mesh,
+    c: &Arc<HboneClient>,
+    path: &'static str,
+    n: usize,
+    conc: usize,
+) -> Vec<anyhow::Result<Reply>> {
+    mesh.rt.block_on(async {
+        let mut out = Vec::with_capacity(n);
+        let mut set = tokio::task::JoinSet::new();
+        let mut sent = 0;
+        while out.len() < n {
+            while sent < n && set.len() < conc {
+                let c = c.clone();
+                set.spawn(async move { c.request(echo_vip(), "GET", path, &[]).await });
+                sent += 1;
+            }
+            if let Some(r) = set.join_next().await {
+                out.push(r.expect("request task"));
+            }
+        }
+        out
     })
-    .unwrap();
-    let a1: IpAddr = mesh.pod_ip("a1").into();
-    let a2: IpAddr = mesh.pod_ip("a2").into();
-    let echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
-    let wp = StandinWaypoint::start(&mesh, "a2", mesh.addr("b1", 8080), id("sa-b1"));
-    set_waypoint(&mesh, &waypoint_at(a2));
-    let vip: SocketAddr = VIP.parse().unwrap();
+}
 
-    // a1 -> VIP: through the waypoint, authority VIP:port, a1's identity, a1 named in
-    // Forwarded; b1's app sees a1 (ztunnel B trusts Forwarded from b1's waypoint).
-    let conn = connect_from(mesh.pod_ns("a1"), vip).unwrap();
-    echo_exact(conn, &random_bytes(256 * 1024))
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&mesh)));
-    let seen = wp.seen();
-    assert_eq!(seen.len(), 1, "{seen:?}\n{}", logs(&mesh));
-    assert_eq!(seen[0].authority, VIP);
-    assert_eq!(seen[0].client, id("sa-a1"));
-    let fwd = seen[0].forwarded.clone().unwrap_or_default();
-    assert!(fwd.contains(&format!("for=\"{a1}:")), "{fwd}");
-    assert!(fwd.contains("host=echo.demo.svc.cluster.local"), "{fwd}");
-    assert_eq!(
-        echo.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
-        vec![a1]
-    );
+#[test]
+fn split_deny_fault_and_local_replies() {
+    let (mesh, wp, client, _backends) = start();
+    // The backends are only reachable through their ztunnels' 15008: prove the path went there.
+    // Before any route: the waypoint sends to the service itself (b1 backs `echo`).
+    let r = get(&mesh, &wp, &client, "/anything");
+    assert_eq!((r.status, r.pod()), (200, Some("b1")), "{r:?}");
 
-    // The waypoint pod's own connection to the VIP (captured by ztunnel A) goes straight to
-    // the endpoint, not back into the waypoint.
-    let conn = connect_from(mesh.pod_ns("a2"), vip).unwrap();
-    assert!(echoed(conn), "{}", logs(&mesh));
-    assert_eq!(
-        wp.seen().len(),
-        1,
-        "looped through the waypoint: {:?}",
-        wp.seen()
-    );
-    assert_eq!(echo.peers().last().unwrap().ip(), a2);
+    wp.apply(&mesh, ROUTES, OBJECTS).unwrap();
+    let client = Arc::new(client);
 
-    // Workload-addressed traffic to b1 (which has no workload waypoint) is not steered.
-    let conn = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080)).unwrap();
-    assert!(echoed(conn));
-    assert_eq!(wp.seen().len(), 1);
-    assert_eq!(echo.peers().last().unwrap().ip(), a1);
-
-    // A waypoint the config does not know: refused, counted, logged, never sent direct.
-    let peers = echo.peers().len();
-    let unknown = "10.244.1.250";
-    set_waypoint(&mesh, &waypoint_at(unknown));
-    let conn = connect_from(mesh.pod_ns("a1"), vip).unwrap();
-    assert!(!echoed(conn), "sent around a missing waypoint");
-    assert_eq!(echo.peers().len(), peers, "reached the endpoint directly");
-    let name = format!("/{unknown}");
+    // 90/10 over 2,000 requests, weights chosen per request.
+    let replies = many(&mesh, &client, "/split", 2000, 16);
+    let mut v1 = 0;
+    for r in &replies {
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{e:#}\n--- waypoint ---\n{}", wp.logs()));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.body.contains("header x-route=split"),
+            "request header filter: {r:?}"
+        );
+        assert_eq!(
+            r.headers.get("x-waypoint").map(String::as_str),
+            Some("yes"),
+            "{r:?}"
+        );
+        match r.pod() {
+            Some("b1") => v1 += 1,
+            Some("a1") => {}
+            other => panic!("answered by {other:?}"),
+        }
+    }
+    let share = v1 as f64 / 2000.0;
+    eprintln!("split: echo-v1 answered {v1}/2000 ({:.1}%)", share * 100.0);
     assert!(
-        metric(&mesh, &name, "unknown") >= 1.0,
-        "{}",
-        mesh.metrics(NodeId::A).unwrap()
+        (0.87..=0.93).contains(&share),
+        "echo-v1 got {:.1}% (want 90 ± 3)",
+        share * 100.0
+    );
+
+    // L7 deny on one path; another path of the same backend passes.
+    let r = get(&mesh, &wp, &client, "/admin/users");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "{r:?}"
+    );
+    let r = get(&mesh, &wp, &client, "/public");
+    assert_eq!((r.status, r.pod()), (200, Some("a1")), "{r:?}");
+
+    // `waypoint debug explain` names the policy that decided.
+    let bin = meshtunnel_e2e::mesh::find_binary("waypoint", false).unwrap();
+    let out =
+        meshtunnel_e2e::mesh::run_cmd(mesh.pod_ns("a2").command(bin.to_str().unwrap()).args([
+            "debug",
+            "explain",
+            "--dst",
+            "10.96.0.10:80",
+            "--path",
+            "/admin/users",
+        ]))
+        .unwrap();
+    assert!(out.contains("DENY policy demo/deny-admin"), "{out}");
+
+    // Fault abort at 100 %.
+    for _ in 0..20 {
+        let r = get(&mesh, &wp, &client, "/fault/x");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (418, "fault filter abort"),
+            "{r:?}"
+        );
+    }
+
+    // The waypoint's own answers.
+    let r = get(&mesh, &wp, &client, "/nothing-matches");
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = get(&mesh, &wp, &client, "/empty");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "no healthy upstream"),
+        "{r:?}"
+    );
+    let r = get(&mesh, &wp, &client, "/zero");
+    assert_eq!(r.status, 500, "{r:?}");
+    let r = get(&mesh, &wp, &client, "/old/page?q=1");
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("http://new.example/new/page?q=1"),
+        "{r:?}"
+    );
+    let r = get(&mesh, &wp, &client, "/rewrite/x?y=1");
+    assert!(r.body.contains("target=/rewritten/x?y=1"), "{r:?}");
+
+    // Keep-alive requests of one client reuse the waypoint's upstream connection.
+    let two = b"GET /public HTTP/1.1\r\nHost: echo\r\n\r\nGET /public HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n";
+    let (raw, _) = mesh
+        .rt
+        .block_on(client.raw(echo_vip(), two, Duration::from_secs(5)))
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let seqs: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("req=")?.parse().ok())
+        .collect();
+    assert!(
+        seqs.len() == 2 && seqs[1] == seqs[0] + 1,
+        "second request not on the same upstream connection: {seqs:?}\n{text}"
+    );
+
+    // Bytes that are not HTTP are passed through to an endpoint of the service as TCP.
+    let (raw, _) = mesh
+        .rt
+        .block_on(client.raw(
+            echo_vip(),
+            b"\x00\x01opaque\r\n\r\n",
+            Duration::from_secs(1),
+        ))
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("pod=b1") && text.contains("opaque"),
+        "TCP passthrough: {text:?}"
+    );
+
+    // Both backends were reached through their node's ztunnel (HBONE to pod:15008), with the
+    // waypoint's identity as the peer (counted when the connection opens; pooled upstream
+    // connections may still be open, so not their close log lines).
+    for node in [test_support::NodeId::A, test_support::NodeId::B] {
+        let m = mesh.metrics(node).unwrap();
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains(
+                        "source_principal=\"spiffe://cluster.local/ns/demo/sa/waypoint\""
+                    )),
+            "ztunnel {node:?} counted no connection from the waypoint identity\n{m}"
+        );
+    }
+
+    // Telemetry: the requests are counted with the waypoint reporter.
+    let stats = meshtunnel_e2e::mesh::http_in(
+        mesh.pod_ns("a2"),
+        SocketAddr::from(([127, 0, 0, 1], 15020)),
+        "GET",
+        "/stats/prometheus",
+    )
+    .unwrap()
+    .1;
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"403\""))
+        .unwrap_or_else(|| panic!("no 403 series in\n{stats}"));
+    assert!(line.contains("reporter=\"waypoint\""), "{line}");
+    assert!(
+        line.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/sa-b2\""),
+        "{line}"
     );
     assert!(
-        mesh.logs(NodeId::A)
+        stats.contains("istio_request_duration_milliseconds_bucket{"),
+        "no duration histogram"
+    );
+}
+
+#[test]
+fn retries_and_timeouts() {
+    let (mesh, wp, client, _backends) = start();
+    wp.apply(&mesh, ROUTES, OBJECTS).unwrap();
+    let client = Arc::new(client);
+
+    // A backend failing half the time with 503, retried up to 10 times.
+    let replies = many(&mesh, &client, "/flaky", 400, 8);
+    let ok = replies
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.status == 200))
+        .count();
+    assert!(
+        ok * 100 >= 99 * replies.len(),
+        "only {ok}/{} succeeded\n--- waypoint ---\n{}",
+        replies.len(),
+        wp.logs()
+    );
+
+    // A 200 ms request timeout against a backend that takes 1 s: 504 after 200 ms ± 10 %.
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = get(&mesh, &wp, &client, "/delay/1000");
+        took.push(t.elapsed());
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (504, "upstream request timeout"),
+            "{r:?}"
+        );
+    }
+    took.sort();
+    // The waypoint's own clock (its access log's duration_ms for these 504s) is what the
+    // timeout governs; the client's adds the tunnel round trips and this machine's load.
+    let fired: Vec<u64> = wp
+        .logs()
+        .lines()
+        .filter(|l| l.contains("path=/delay/1000") && l.contains("status=504"))
+        .filter_map(|l| {
+            l.split("duration_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    eprintln!(
+        "retry: {ok}/{} ok; timeout fired after {fired:?} ms (client saw {took:?})",
+        replies.len()
+    );
+    assert_eq!(fired.len(), 5, "access log lines:\n{}", wp.logs());
+    assert!(
+        fired.iter().all(|ms| (200..=220).contains(ms)),
+        "timeout fired after {fired:?} ms, want 200 ms + 10 %"
+    );
+    assert!(
+        took[2] < Duration::from_millis(400),
+        "client waited {took:?}"
+    );
+}
+
+#[test]
+fn hostile_http_is_refused_without_leaks() {
+    let (mesh, wp, client, _backends) = start();
+    wp.apply(&mesh, ROUTES, OBJECTS).unwrap();
+    let status = |raw: &[u8]| -> String {
+        String::from_utf8_lossy(raw)
             .lines()
-            .any(|l| l.contains("waypoint cannot be used") && l.contains(&name)),
-        "{}",
-        logs(&mesh)
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let send = |bytes: &[u8], wait: u64| {
+        mesh.rt
+            .block_on(client.raw(echo_vip(), bytes, Duration::from_secs(wait)))
+            .unwrap_or_else(|e| panic!("{e:#}\n--- waypoint ---\n{}", wp.logs()))
+    };
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "CL+TE",
+            b"POST /public HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "two Content-Lengths",
+            b"POST /public HTTP/1.1\r\nHost: echo\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            "HTTP/1.1 400",
+        ),
+        (
+            "bad chunk size",
+            b"POST /public HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "smuggled second request",
+            b"GET /public HTTP/1.1\r\nHost: echo\r\n\r\nPOST /admin HTTP/1.1\r\nHost: echo\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 200",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let (raw, _) = send(bytes, 5);
+        assert!(
+            status(&raw).starts_with(want),
+            "{name}: got {:?}\n--- waypoint ---\n{}",
+            String::from_utf8_lossy(&raw),
+            wp.logs()
+        );
+        if *name == "smuggled second request" {
+            let text = String::from_utf8_lossy(&raw);
+            assert!(
+                text.contains("HTTP/1.1 400"),
+                "{name}: the second request must be refused: {text}"
+            );
+            assert!(
+                !text.contains("RBAC"),
+                "{name}: the smuggled request reached routing: {text}"
+            );
+        }
+    }
+
+    // Oversized headers: 431.
+    let big = format!(
+        "GET /public HTTP/1.1\r\nHost: echo\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let (raw, _) = send(big.as_bytes(), 5);
+    assert!(
+        status(&raw).starts_with("HTTP/1.1 431"),
+        "oversized: {:?}",
+        status(&raw)
     );
 
-    // A known waypoint that does not answer (b2 runs nothing on 15008): same.
-    let b2 = mesh.pod_ip("b2");
-    set_waypoint(&mesh, &waypoint_at(b2));
-    let conn = connect_from(mesh.pod_ns("a1"), vip).unwrap();
-    assert!(!echoed(conn), "sent around an unreachable waypoint");
-    assert_eq!(echo.peers().len(), peers, "reached the endpoint directly");
-    assert!(metric(&mesh, &format!("/{b2}"), "unreachable") >= 1.0);
-    assert_eq!(wp.seen().len(), 1);
+    // A client that never finishes its headers is cut off after the 1 s header timeout.
+    let (raw, took) = send(b"GET /public HTTP/1.1\r\nHost: ec", 10);
+    assert!(
+        !status(&raw).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "slow headers ended after {took:?}"
+    );
+
+    // Short connections: a fresh HBONE connection per request, then back to the baseline.
+    let _ = get(&mesh, &wp, &client, "/public");
+    drop(client);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = wp.fds().unwrap();
+    for _ in 0..300 {
+        let c = HboneClient::new(&mesh, "b2", "a2").unwrap();
+        let r = get(&mesh, &wp, &c, "/public");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = wp.fds().unwrap();
+    while after > before + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = wp.fds().unwrap();
+    }
+    eprintln!("waypoint fds: {before} before, {after} after 300 short connections");
+    assert!(after <= before + 2, "fds grew from {before} to {after}");
+    assert!(
+        !wp.logs().contains("panicked"),
+        "the waypoint panicked:\n{}",
+        wp.logs()
+    );
+}
+
+#[test]
+fn grpc_route_picks_the_backend() {
+    let (mesh, wp, client, _backends) = start();
+    wp.apply(&mesh, ROUTES, OBJECTS).unwrap();
+    let grpc = SocketAddr::from(([10, 96, 0, 20], GRPC_PORT));
+    let call = |path: &str| {
+        mesh.rt
+            .block_on(client.grpc(grpc, path))
+            .unwrap_or_else(|e| panic!("{path}: {e:#}\n--- waypoint ---\n{}", wp.logs()))
+    };
+    for (path, pod) in [("/pkg.Greeter/Hello", "a1"), ("/pkg.Greeter/Bye", "b1")] {
+        for _ in 0..5 {
+            let r = call(path);
+            assert_eq!((r.status, r.pod()), (200, Some(pod)), "{path}: {r:?}");
+            assert_eq!(
+                r.headers.get("grpc-status").map(String::as_str),
+                Some("0"),
+                "{r:?}"
+            );
+            assert!(r.body.contains(&format!("path={path}")), "{r:?}");
+        }
+    }
+    // Routes exist for this service but none matches: 404.
+    let r = call("/pkg.Other/Call");
+    assert_eq!(r.status, 404, "{r:?}");
+
+    // A bad object is refused with file:line and the config in force stays.
+    let bad = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad, namespace: demo}\nspec:\n  parentRefs: [{kind: Service, name: grpc}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: \"(\"}}]\n    backendRefs: [{name: grpc-v1}]\n";
+    std::fs::write(wp.routes_dir.join("bad.yaml"), bad).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wp.logs().contains("bad.yaml:1: HTTPRoute demo/bad") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            wp.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = call("/pkg.Greeter/Hello");
+    assert_eq!(
+        (r.status, r.pod()),
+        (200, Some("a1")),
+        "previous config lost: {r:?}"
+    );
 }

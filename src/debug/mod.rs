@@ -1,7 +1,7 @@
 //! `ztunnel debug ...`: read a running ztunnel's admin API and print what it knows, as
 //! tables or JSON.
 
-mod client;
+pub mod client;
 mod explain;
 mod source;
 mod table;

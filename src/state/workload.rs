@@ -204,7 +204,7 @@ impl Workload {
     }
 
     /// The target port this workload serves `service_port` of service `key` on, if it says.
-    pub(crate) fn target_port(&self, key: &str, service_port: u16) -> Option<u16> {
+    pub fn target_port(&self, key: &str, service_port: u16) -> Option<u16> {
         self.services
             .get(key)?
             .get(&service_port)

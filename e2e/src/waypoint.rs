@@ -1,0 +1,573 @@
+//! Fixtures for whole-system waypoint tests: the waypoint binary in a pod's namespace, HTTP
+//! backends that report which pod answered and what request they received, and an HBONE
+//! client that sends HTTP through the waypoint the way a source ztunnel does (its own pod
+//! certificate, CONNECT authority = the original VIP:port).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use meshtunnel::hbone::{Dialer, H2Settings, Pool, PoolKey};
+use meshtunnel::identity::{CertManager, CertSlot, Identity, LocalCa, TlsContext};
+use rustls::pki_types::ServerName;
+use test_support::{run_in, thread_in, ChildGuard, Netns};
+
+use crate::mesh::{find_binary, http_in, Mesh, NAMESPACE, TRUST_DOMAIN};
+
+pub const WAYPOINT_SA: &str = "waypoint";
+
+/// The waypoint process, running in a pod namespace with its own identity.
+pub struct Waypoint {
+    _child: ChildGuard,
+    pub pod: &'static str,
+    pub routes_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Waypoint {
+    /// Starts `waypoint` in `pod`'s namespace (mesh config and CA of `mesh`, route objects
+    /// from a fresh directory) and waits until it is ready.
+    pub fn start(mesh: &Mesh, pod: &'static str) -> Result<Waypoint> {
+        Self::start_with(
+            mesh,
+            pod,
+            false,
+            "info,access=info,waypoint::client_pool=debug",
+        )
+    }
+
+    /// [`Waypoint::start`] with the release binary and a log filter (benchmarks).
+    pub fn start_with(
+        mesh: &Mesh,
+        pod: &'static str,
+        release: bool,
+        filter: &str,
+    ) -> Result<Waypoint> {
+        let routes_dir = mesh.dir.path().join("waypoint-routes");
+        std::fs::create_dir_all(&routes_dir)?;
+        let log = mesh.dir.path().join("waypoint.log");
+        let out = std::fs::File::create(&log)?;
+        let bin = find_binary("waypoint", release)?;
+        let ns = mesh.pod_ns(pod);
+        let mut cmd = ns.command(bin.to_str().unwrap_or("waypoint"));
+        cmd.env_clear()
+            .env("WAYPOINT_CONFIG_DIR", &routes_dir)
+            .env("LOCAL_XDS_PATH", mesh.config_path())
+            .env("LOCAL_CA_DIR", mesh.ca_dir())
+            .env("TRUST_DOMAIN", TRUST_DOMAIN)
+            .env("POD_NAMESPACE", NAMESPACE)
+            .env("SERVICE_ACCOUNT", WAYPOINT_SA)
+            .env("CONFIG_POLL_INTERVAL", "200ms")
+            .env("WAYPOINT_HEADER_TIMEOUT", "1s")
+            // Idle HBONE connections to the endpoints close soon, so fd counts settle in tests.
+            .env("WAYPOINT_POOL_IDLE_TIMEOUT", "2s")
+            .env("RUST_LOG", filter)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let wp = Waypoint {
+            _child: ns.spawn_command(cmd)?,
+            pod,
+            routes_dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready = SocketAddr::from(([127, 0, 0, 1], 15021));
+        loop {
+            if let Ok((200, _)) = http_in(ns, ready, "GET", "/healthz/ready") {
+                return Ok(wp);
+            }
+            if Instant::now() > deadline {
+                bail!("waypoint not ready\n--- log ---\n{}", wp.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self._child.id()
+    }
+
+    /// Open file descriptors of the waypoint process.
+    pub fn fds(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self._child.id()))?.count())
+    }
+
+    /// Replaces the route objects with `yaml` and waits until the waypoint's config_dump lists
+    /// every `expect` ("Kind ns/name").
+    pub fn apply(&self, mesh: &Mesh, yaml: &str, expect: &[&str]) -> Result<()> {
+        for e in std::fs::read_dir(&self.routes_dir)? {
+            std::fs::remove_file(e?.path())?;
+        }
+        let tmp = self.routes_dir.join(".routes.yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.routes_dir.join("routes.yaml"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
+        loop {
+            let dump = http_in(mesh.pod_ns(self.pod), admin, "GET", "/config_dump")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+            let objects: Vec<String> = v["objects"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|o| o.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if objects.len() == expect.len()
+                && expect.iter().all(|e| objects.iter().any(|o| o == e))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "waypoint did not apply {expect:?} (has {objects:?})\n--- log ---\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn identity() -> Identity {
+        Identity::new(TRUST_DOMAIN, NAMESPACE, WAYPOINT_SA)
+    }
+}
+
+/// A small HTTP/1.1 server: answers with which pod it is and the request it got. Paths:
+/// `/delay/<ms>` waits first, `/status/<code>` answers that code, `/flaky` answers 503 half
+/// the time, `/pad/<n>` adds `n` bytes to the body; anything else 200.
+pub struct HttpBackend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpBackend {
+    pub fn start(ns: &Netns, addr: SocketAddr, pod: &'static str) -> Result<HttpBackend> {
+        let listener = run_in(ns, || TcpListener::bind(addr))
+            .with_context(|| format!("binding HTTP backend on {addr} in {}", ns.name()))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = thread_in(ns, move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        std::thread::spawn(move || serve_http(conn, pod));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Ok(HttpBackend {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_http(conn: TcpStream, pod: &str) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut w = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(conn);
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
+        let mut headers = Vec::new();
+        let mut len = 0usize;
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                if k == "content-length" {
+                    len = v.parse().unwrap_or(0);
+                }
+                if k == "connection" && v.eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+                headers.push((k, v));
+            }
+        }
+        let mut body = vec![0u8; len.min(1 << 20)];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = target.split('?').next().unwrap_or("").to_owned();
+        let mut status = 200u16;
+        if let Some(ms) = path.strip_prefix("/delay/").and_then(|m| m.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        } else if let Some(c) = path.strip_prefix("/status/").and_then(|c| c.parse().ok()) {
+            status = c;
+        } else if path == "/flaky" && rand::random::<bool>() {
+            status = 503;
+        }
+        // `req` is the request's position on its TCP connection: 2 and up show reuse.
+        let mut out = format!(
+            "pod={pod}\nreq={seq}\nmethod={method}\ntarget={target}\nbody={}\n",
+            body.len()
+        );
+        for (k, v) in &headers {
+            out += &format!("header {k}={v}\n");
+        }
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{out}",
+            out.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if w.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// An HTTP/2 (prior knowledge, h2c) server answering like a gRPC service: 200,
+/// `content-type: application/grpc`, a body naming the pod and path, trailer `grpc-status: 0`.
+pub struct GrpcBackend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GrpcBackend {
+    pub fn start(ns: &Netns, addr: SocketAddr, pod: &'static str) -> Result<GrpcBackend> {
+        let listener = run_in(ns, || TcpListener::bind(addr))
+            .with_context(|| format!("binding gRPC backend on {addr} in {}", ns.name()))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                while !s.load(Ordering::Relaxed) {
+                    let Ok(Ok((tcp, _))) =
+                        tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+                    else {
+                        continue;
+                    };
+                    tokio::spawn(serve_grpc(tcp, pod));
+                }
+            });
+        });
+        Ok(GrpcBackend {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for GrpcBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve_grpc(tcp: tokio::net::TcpStream, pod: &'static str) {
+    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let body = format!("pod={pod}\npath={}\n", req.uri().path());
+        let resp = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("response");
+        if let Ok(mut send) = respond.send_response(resp, false) {
+            let _ = send.send_data(Bytes::from(body), false);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let _ = send.send_trailers(trailers);
+        }
+    }
+}
+
+/// An answer received through the waypoint.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+impl Reply {
+    /// The pod that answered, from the backend's report.
+    pub fn pod(&self) -> Option<&str> {
+        self.body.lines().find_map(|l| l.strip_prefix("pod="))
+    }
+}
+
+/// Sends HTTP/1.1 requests through the waypoint from `pod`'s namespace, over HBONE with the
+/// pod's own certificate.
+pub struct HboneClient {
+    pool: Pool,
+    key: PoolKey,
+    _cert: Arc<CertSlot>,
+}
+
+impl HboneClient {
+    pub fn new(mesh: &Mesh, from_pod: &str, waypoint_pod: &str) -> Result<HboneClient> {
+        let addr = SocketAddr::new(mesh.pod_ip(waypoint_pod).into(), 15008);
+        Self::to(mesh, from_pod, addr, Waypoint::identity())
+    }
+
+    /// A client of any HBONE server: `server` (ip:15008) presenting `identity`; with a pod's
+    /// ztunnel as the server this is the path without a waypoint.
+    pub fn to(
+        mesh: &Mesh,
+        from_pod: &str,
+        server: SocketAddr,
+        identity: Identity,
+    ) -> Result<HboneClient> {
+        let ca = LocalCa::load_or_create(&mesh.ca_dir(), TRUST_DOMAIN)?;
+        let tls = TlsContext::new(&[ca.root().clone()], TRUST_DOMAIN)?;
+        let id = Identity::new(
+            TRUST_DOMAIN,
+            NAMESPACE,
+            &mesh.spec(from_pod).service_account,
+        );
+        let certs = {
+            let _guard = mesh.rt.enter();
+            CertManager::new(Arc::new(ca), Duration::from_secs(3600))
+        };
+        let cert = mesh.rt.block_on(certs.get(&id))?;
+        let _guard = mesh.rt.enter();
+        let ns_fd = Arc::new(mesh.pod_ns(from_pod).open_fd()?);
+        let (c, t) = (cert.clone(), tls.clone());
+        let dialer: Dialer = Arc::new(move |key: PoolKey| {
+            let (cert, tls, fd) = (c.clone(), t.clone(), ns_fd.clone());
+            Box::pin(async move {
+                let cfg = tls
+                    .client_config(cert, key.dst.clone())
+                    .map_err(std::io::Error::other)?;
+                let addr = key.addr;
+                // The socket is made on a fresh thread inside the pod's namespace (setns is
+                // per thread and must not leak into the runtime's threads), then driven by tokio.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let r = nix::sched::setns(&*fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::other)
+                        .and_then(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
+                    let _ = tx.send(r);
+                });
+                let std_tcp = rx.await.map_err(std::io::Error::other)??;
+                std_tcp.set_nonblocking(true)?;
+                let tcp = tokio::net::TcpStream::from_std(std_tcp)?;
+                tokio_rustls::TlsConnector::from(cfg)
+                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                    .await
+            })
+        });
+        let pool = Pool::new(dialer, H2Settings::default());
+        let key = PoolKey::new(id, vec![identity], server);
+        Ok(HboneClient {
+            pool,
+            key,
+            _cert: cert,
+        })
+    }
+
+    /// Sends `bytes` inside one tunnel to `dst` and returns what comes back until the waypoint
+    /// ends the stream (or `wait` passes), with the time that took.
+    pub async fn raw(
+        &self,
+        dst: SocketAddr,
+        bytes: &[u8],
+        wait: Duration,
+    ) -> Result<(Vec<u8>, Duration)> {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dst.to_string())
+            .body(())?;
+        let start = Instant::now();
+        let mut tunnel = self.pool.connect(&self.key, req).await?;
+        if tunnel.response.status() != 200 {
+            bail!("CONNECT answered {}", tunnel.response.status());
+        }
+        tunnel
+            .send
+            .send_data(Bytes::copy_from_slice(bytes), false)?;
+        let mut body = tunnel.response.into_body();
+        let mut raw = Vec::new();
+        let read = async {
+            while let Some(chunk) = body.data().await {
+                let Ok(chunk) = chunk else { break };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                raw.extend_from_slice(&chunk);
+            }
+        };
+        let _ = tokio::time::timeout(wait, read).await;
+        Ok((raw, start.elapsed()))
+    }
+
+    /// One HTTP/2 (prior knowledge) POST to `dst` through the waypoint, as a gRPC client sends
+    /// it; the reply's `grpc-status` trailer is added to its headers.
+    pub async fn grpc(&self, dst: SocketAddr, path: &str) -> Result<Reply> {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dst.to_string())
+            .body(())?;
+        let work = async {
+            let tunnel = self.pool.connect(&self.key, req).await?;
+            if tunnel.response.status() != 200 {
+                bail!("CONNECT answered {}", tunnel.response.status());
+            }
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            let (send, recv) = (tunnel.send, tunnel.response.into_body());
+            let guard = tunnel.guard;
+            tokio::spawn(async move {
+                let _slot = guard;
+                let _ = meshtunnel::hbone::copy_bidirectional(far, send, recv).await;
+            });
+            let (client, conn) = h2::client::handshake(near).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut client = client.ready().await?;
+            let req = http::Request::builder()
+                .method(http::Method::POST)
+                .uri(format!("http://echo{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())?;
+            let (resp, _) = client.send_request(req, true)?;
+            let resp = resp.await?;
+            let status = resp.status().as_u16();
+            let mut headers: BTreeMap<String, String> = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let mut body = resp.into_body();
+            let mut raw = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                raw.extend_from_slice(&chunk);
+            }
+            if let Some(t) = body.trailers().await? {
+                for (k, v) in &t {
+                    headers.insert(k.to_string(), v.to_str().unwrap_or("").to_owned());
+                }
+            }
+            Ok(Reply {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&raw).into_owned(),
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(15), work)
+            .await
+            .context("gRPC request through the waypoint timed out")?
+    }
+
+    /// One request to `dst` (the original destination) through the waypoint.
+    pub async fn request(
+        &self,
+        dst: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dst.to_string())
+            .body(())?;
+        let work = async {
+            let mut tunnel = self.pool.connect(&self.key, req).await?;
+            if tunnel.response.status() != 200 {
+                bail!("CONNECT answered {}", tunnel.response.status());
+            }
+            let mut head =
+                format!("{method} {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n");
+            for (k, v) in headers {
+                head += &format!("{k}: {v}\r\n");
+            }
+            head += "Content-Length: 0\r\n\r\n";
+            tunnel.send.send_data(Bytes::from(head), false)?;
+            let mut body = tunnel.response.into_body();
+            let mut raw = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                raw.extend_from_slice(&chunk);
+            }
+            parse_reply(&raw)
+        };
+        tokio::time::timeout(Duration::from_secs(15), work)
+            .await
+            .context("request through the waypoint timed out")?
+    }
+}
+
+fn parse_reply(raw: &[u8]) -> Result<Reply> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no end of response head")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}

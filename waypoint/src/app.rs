@@ -1,0 +1,113 @@
+//! Wiring: identity and certificate, the workload config and the route directory (both
+//! watched), the listeners; runs until SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use meshtunnel::config::{self as mesh_config, Defaults};
+use meshtunnel::hbone::H2Settings;
+use meshtunnel::identity::{CertManager, Identity, LocalCa, TlsContext};
+use meshtunnel::state::{ConfigSnapshot, State};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{load_dir, spawn_dir_watcher};
+use crate::settings::Settings;
+use crate::shared::{Limits, Shared};
+use crate::state::ConfigCell;
+use crate::telemetry::Telemetry;
+use crate::upstream::Upstreams;
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} on {addr}"))
+}
+
+pub async fn run(s: Settings) -> anyhow::Result<()> {
+    let defaults = Defaults {
+        trust_domain: s.trust_domain.clone(),
+    };
+    let snapshot = match &s.local_xds_path {
+        Some(p) => mesh_config::load_with(p, &defaults)?,
+        None => ConfigSnapshot::empty(),
+    };
+    let mesh = Arc::new(State::new(snapshot));
+    if let Some(p) = &s.local_xds_path {
+        // The file is the waypoint's only workload source for now (no xDS yet).
+        let sources = Arc::new(meshtunnel::config::ConfigSources::new(mesh.clone(), false));
+        mesh_config::spawn_watcher(p.clone(), sources, s.config_poll_interval, defaults);
+    }
+    let cell = Arc::new(ConfigCell::default());
+    if let Some(dir) = &s.config_dir {
+        // A bad directory at start is fatal (nothing to keep); later it only logs.
+        cell.replace(load_dir(dir, &s.root_namespace)?);
+        spawn_dir_watcher(
+            dir.clone(),
+            s.root_namespace.clone(),
+            cell.clone(),
+            s.config_poll_interval,
+        );
+    }
+
+    let ca = LocalCa::load_or_create(&s.local_ca_dir, &s.trust_domain)?;
+    let tls = TlsContext::new(ca.roots(), &s.trust_domain)?;
+    let certs = CertManager::new(Arc::new(ca), s.cert_ttl);
+    let identity = Identity::new(&s.trust_domain, &s.namespace, &s.service_account);
+    let cert = certs.get(&identity).await?;
+    let server_tls = tls.server_config(cert.clone())?;
+    let h2 = H2Settings {
+        idle_timeout: s.pool_idle_timeout,
+        ..H2Settings::default()
+    };
+
+    let telemetry = Arc::new(Telemetry::default());
+    let shared = Arc::new(Shared {
+        mesh: mesh.clone(),
+        config: cell.clone(),
+        upstreams: Upstreams::new(tls.clone(), cert.clone(), h2.clone(), s.connect_timeout),
+        telemetry: telemetry.clone(),
+        limits: Limits {
+            header_timeout: s.header_timeout,
+            max_header_bytes: s.max_header_bytes,
+            upstream_idle_timeout: s.pool_idle_timeout,
+            ..Limits::default()
+        },
+    });
+
+    let stop = CancellationToken::new();
+    let hbone = bind(s.hbone_addr, "HBONE").await?;
+    let stats = bind(s.stats_addr, "metrics").await?;
+    let admin = bind(s.admin_addr, "the admin API").await?;
+    let ready = bind(s.readiness_addr, "readiness").await?;
+    tokio::spawn(crate::server::serve(
+        hbone,
+        server_tls,
+        shared,
+        h2,
+        stop.clone(),
+    ));
+    tokio::spawn(crate::admin::serve_stats(stats, telemetry, stop.clone()));
+    tokio::spawn(crate::admin::serve_admin(
+        admin,
+        Arc::new(crate::admin::Admin {
+            mesh,
+            config: cell,
+            cert,
+        }),
+        stop.clone(),
+    ));
+    tokio::spawn(crate::admin::serve_readiness(ready, stop.clone()));
+    tracing::info!(identity = %identity, hbone = %s.hbone_addr, "waypoint started");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("waypoint stopping");
+    stop.cancel();
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! The waypoint's configuration in file mode: a directory of Kubernetes YAML objects
+//! (HTTPRoute, GRPCRoute, VirtualService, AuthorizationPolicy, Service) turned into one
+//! immutable [`WaypointConfig`], plus the local workload/service file ztunnel reads.
+
+mod convert;
+mod convert_istio;
+mod load;
+mod objects;
+mod watch;
+
+pub use convert_istio::AppProtocol;
+pub use load::load_dir;
+#[cfg(test)]
+pub(crate) use load::parse_documents;
+pub use watch::spawn_dir_watcher;
+
+use std::collections::HashMap;
+
+use crate::authz::Policy;
+use crate::route::{RouteTable, ServiceRef};
+
+/// One generation of route/policy config.
+#[derive(Debug, Default)]
+pub struct WaypointConfig {
+    pub routes: RouteTable,
+    pub policies: Vec<Policy>,
+    /// Protocols declared by core/v1 Service objects (appProtocol or port name prefix).
+    pub protocols: HashMap<(ServiceRef, u16), AppProtocol>,
+    /// Objects loaded, as "Kind ns/name" (config_dump).
+    pub objects: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests;
