@@ -1,9 +1,9 @@
 //! The whole-system "cluster" fixture: two nodes as network namespaces joined by a wire, each
 //! running a real `ztunnel` and a real `cni-agent run`, a real Kubernetes control plane
 //! (etcd, kube-apiserver, kube-controller-manager and istiod, see the `controlplane` crate) that
-//! the agents watch and the real `kubectl` talks to, with Node objects for both nodes; and, until
-//! ztunnel's xDS client replaces it, an istiod stand-in that renders ztunnel's local config file
-//! from the real apiserver's pods. Pods are made the way a node makes them: the Pod object first, then a netns,
+//! the agents watch and the real `kubectl` talks to, with Node objects for both nodes. ztunnel
+//! runs as upstream's DaemonSet runs it: its config over delta xDS and its certificates from
+//! istiod's CA. Pods are made the way a node makes them: the Pod object first, then a netns,
 //! then the node's CNI conflist (real `bridge` + `host-local`, with `meshtunnel-cni` chained in
 //! by the agent), then status.podIP. Enrolment is entirely the agent's doing.
 //!
@@ -12,7 +12,6 @@
 
 mod cni;
 mod daemons;
-mod istiod;
 mod istiod_access;
 mod kubectl;
 mod node;
@@ -28,13 +27,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use controlplane::{Api, ControlPlane, Resource};
-use meshtunnel::identity::LocalCa;
 use meshtunnel::state::Protocol;
 use serde_json::{json, Value};
 use test_support::{unique_prefix, NodeId};
 
 pub use cni::{Attachment, PluginError, Runtime, Sandbox};
-pub use istiod::{render as render_config, workload_uid, AuthzPolicy, REDIRECTION_ANNOTATION};
 pub use istiod_access::{IstiodAccess, ISTIOD_ADDR};
 pub use kubectl::Kubectl;
 pub use node::{subnets, Node, SYSTEM_CNI_DIR};
@@ -45,12 +42,20 @@ use process::Proc;
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const DATAPLANE_LABEL: &str = "istio.io/dataplane-mode";
+/// The annotation the node agent sets on a pod once its traffic is captured (istiod reads it:
+/// HBONE for such a pod, plain TCP otherwise).
+pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+/// ztunnel's admin API, on the loopback of its node's netns.
+const ADMIN_PORT: u16 = 15000;
+
+/// The uid istiod gives a pod's workload (cluster id `Kubernetes`, istiod's default).
+pub fn workload_uid(namespace: &str, name: &str) -> String {
+    format!("Kubernetes//Pod/{namespace}/{name}")
+}
 /// The agent's service account, as `manifests/cni-agent.yaml` names it.
 const AGENT_NAMESPACE: &str = "istio-system";
 const AGENT_SERVICE_ACCOUNT: &str = "meshtunnel-cni-agent";
 pub(crate) const READINESS_PORT: u16 = 15021;
-/// How often ztunnel re-reads its config file here.
-pub(crate) const CONFIG_POLL: Duration = Duration::from_millis(100);
 /// ztunnel's listeners inside an enrolled pod.
 pub const PROXY_PORTS: [u16; 3] = [15001, 15006, 15008];
 
@@ -81,7 +86,6 @@ pub struct Cluster {
     // the pods' namespaces; then the fields drop in this order: the config writer, the
     // processes, the nodes' namespaces (with bridges and veths), the API server, the files.
     pods: Mutex<Vec<Arc<Pod>>>,
-    istiod: Option<istiod::Istiod>,
     agents: Mutex<[Option<Proc>; 2]>,
     ztunnels: Mutex<[Option<Proc>; 2]>,
     pub nodes: [Node; 2],
@@ -111,11 +115,9 @@ impl Cluster {
             .tempdir()?;
         let control_plane = Arc::new(ControlPlane::start(controlplane::Options { istiod: true })?);
         let kubeconfig = control_plane.kubeconfig().to_owned();
-        LocalCa::load_or_create(&dir.path().join("ca"), TRUST_DOMAIN)?;
         let nodes = node::build(&prefix, dir.path())?;
         let mut cluster = Cluster {
             pods: Mutex::new(Vec::new()),
-            istiod: None,
             agents: Mutex::new([None, None]),
             ztunnels: Mutex::new([None, None]),
             nodes,
@@ -129,11 +131,6 @@ impl Cluster {
             prefix,
             dir,
         };
-        let files = cluster
-            .nodes
-            .iter()
-            .map(|n| cluster.config_path(n.id))
-            .collect();
         cluster.install_manifests()?;
         for node in &cluster.nodes {
             cluster.create_node_object(node)?;
@@ -143,13 +140,6 @@ impl Cluster {
             .iter()
             .map(|n| cluster.istiod_access(n))
             .collect::<Result<_>>()?;
-        cluster.istiod = Some(istiod::Istiod::start(
-            cluster.control_plane.clone(),
-            cluster.nodes.iter().map(|n| n.name.to_owned()).collect(),
-            files,
-            TRUST_DOMAIN.into(),
-            Duration::from_millis(50),
-        )?);
         for node in [NodeId::A, NodeId::B] {
             cluster.start_agent(node)?;
         }
@@ -177,14 +167,6 @@ impl Cluster {
             NodeId::B => "b",
         };
         format!("{}-{tag}-", self.prefix)
-    }
-
-    pub fn config_path(&self, node: NodeId) -> PathBuf {
-        self.node(node).dir.join("ztunnel-config.yaml")
-    }
-
-    fn ca_dir(&self) -> PathBuf {
-        self.dir.path().join("ca")
     }
 
     // ---- Kubernetes objects ----
@@ -264,52 +246,78 @@ impl Cluster {
             .map(str::to_owned)
     }
 
-    /// Waits until every ztunnel's config file lists each of `pods` with `protocol` (the
-    /// istiod stand-in follows the agent's annotation), then a few of ztunnel's 100 ms polls
-    /// more, so ztunnel runs with it.
+    /// Waits until every ztunnel's config (its `/config_dump`, fed by istiod over xDS) lists
+    /// each of `pods` with `protocol` (istiod follows the agent's annotation).
     pub fn wait_config(&self, pods: &[&Pod], protocol: Protocol, timeout: Duration) -> Result<()> {
-        wait_until(timeout, "ztunnel config rendered", || {
+        let want = match protocol {
+            Protocol::Hbone => "HBONE",
+            Protocol::Tcp => "TCP",
+        };
+        wait_until(timeout, "ztunnel's config from istiod", || {
             self.nodes.iter().all(|n| {
-                let path = self.config_path(n.id);
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    return false;
-                };
-                let Ok(snap) = meshtunnel::config::parse(&text, &path) else {
-                    return false;
-                };
-                pods.iter().all(|p| {
-                    snap.workload_by_uid(&workload_uid(&p.namespace, &p.name))
-                        .is_some_and(|w| w.protocol == protocol)
+                self.config_dump(n.id).is_ok_and(|d| {
+                    pods.iter().all(|p| {
+                        let uid = workload_uid(&p.namespace, &p.name);
+                        d["workloads"].as_array().is_some_and(|ws| {
+                            ws.iter()
+                                .any(|w| w["uid"] == uid.as_str() && w["protocol"] == want)
+                        })
+                    })
                 })
             })
         })?;
-        std::thread::sleep(CONFIG_POLL * 6);
         Ok(())
     }
 
-    /// Hands `policies` to the istiod stand-in (replacing any before) and waits until every
-    /// ztunnel's config file holds exactly them, then a few of ztunnel's polls more.
-    pub fn apply_policies(&self, policies: Vec<AuthzPolicy>, timeout: Duration) -> Result<()> {
-        let mut want: Vec<String> = policies.iter().map(|a| a.policy.key()).collect();
-        want.sort();
-        self.istiod
-            .as_ref()
-            .context("istiod stand-in not running")?
-            .set_policies(policies);
-        wait_until(timeout, "policies rendered", || {
+    /// The node ztunnel's `/config_dump`.
+    pub fn config_dump(&self, id: NodeId) -> Result<Value> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        match crate::mesh::http_in(&self.node(id).netns, addr, "GET", "/config_dump")? {
+            (200, body) => Ok(serde_json::from_str(&body)?),
+            (code, body) => bail!("config_dump answered {code}: {body}"),
+        }
+    }
+
+    /// Applies `yaml` (an AuthorizationPolicy, say) with kubectl and waits until every ztunnel
+    /// holds policy `namespace/name` from istiod.
+    pub fn apply_policy(
+        &self,
+        yaml: &str,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let file = self.dir.path().join(format!("{namespace}-{name}.yaml"));
+        std::fs::write(&file, yaml)?;
+        self.kubectl.ok(&["apply", "-f", &file.to_string_lossy()])?;
+        self.wait_policy(namespace, name, true, timeout)
+    }
+
+    /// Deletes AuthorizationPolicy `namespace/name` and waits until no ztunnel holds it.
+    pub fn delete_policy(&self, namespace: &str, name: &str, timeout: Duration) -> Result<()> {
+        self.kubectl
+            .ok(&["-n", namespace, "delete", "authorizationpolicy", name])?;
+        self.wait_policy(namespace, name, false, timeout)
+    }
+
+    fn wait_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+        present: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        wait_until(timeout, "policy pushed by istiod", || {
             self.nodes.iter().all(|n| {
-                let path = self.config_path(n.id);
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    return false;
-                };
-                meshtunnel::config::parse(&text, &path).is_ok_and(|snap| {
-                    let mut got: Vec<String> = snap.policies().map(|p| p.key()).collect();
-                    got.sort();
-                    got == want
+                self.config_dump(n.id).is_ok_and(|d| {
+                    let held = d["policies"].as_array().is_some_and(|ps| {
+                        ps.iter()
+                            .any(|p| p["name"] == name && p["namespace"] == namespace)
+                    });
+                    held == present
                 })
             })
         })?;
-        std::thread::sleep(CONFIG_POLL * 6);
         Ok(())
     }
 }
@@ -323,7 +331,6 @@ impl Drop for Cluster {
             let _ = self.teardown(pod);
         }
         drop(pods);
-        self.istiod = None;
     }
 }
 

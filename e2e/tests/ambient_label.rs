@@ -1,5 +1,6 @@
-//! Label-driven enrolment through the whole system: the real `kubectl` against the API
-//! stand-in, a real `cni-agent run` and `ztunnel` per node, pods made by the real CNI chain
+//! Label-driven enrolment through the whole system: the real `kubectl` against the real
+//! apiserver, istiod feeding each node's ztunnel over xDS, a real `cni-agent run` and
+//! `ztunnel` per node, pods made by the real CNI chain
 //! (bridge + host-local + meshtunnel-cni), real traffic, and what crossed between the nodes
 //! read from a packet capture.
 

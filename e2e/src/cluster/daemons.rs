@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use test_support::NodeId;
 
 use super::process::{log_tail, Proc};
-use super::{idx, Cluster, CONFIG_POLL, READINESS_PORT, TRUST_DOMAIN};
+use super::{idx, Cluster, ISTIOD_ADDR, READINESS_PORT, TRUST_DOMAIN};
 use crate::mesh::{find_binary, http_in, STATS_PORT};
 
 impl Cluster {
@@ -110,16 +110,24 @@ impl Cluster {
         let node = self.node(id);
         let bin = find_binary("ztunnel", self.opts.release_binary)?;
         let mut cmd = node.netns.command(bin.to_str().context("non-UTF-8 path")?);
+        // As upstream's DaemonSet runs it: config over delta xDS and certificates from the
+        // Istio CA, both istiod on :15012 (forwarded onto the node's loopback), with the
+        // node's pod-bound istio-ca token.
+        let istiod = &self.istiod_access[idx(id)];
         cmd.env_clear()
-            .env("LOCAL_XDS_PATH", self.config_path(id))
-            .env(
-                "CONFIG_POLL_INTERVAL",
-                format!("{}ms", CONFIG_POLL.as_millis()),
-            )
+            .env("XDS_ADDRESS", format!("https://{ISTIOD_ADDR}"))
+            .env("XDS_ROOT_CA", &istiod.root_cert)
+            .env("ALT_XDS_HOSTNAME", &istiod.hostname)
+            .env("CA_ROOT_CA", &istiod.root_cert)
+            .env("ALT_CA_HOSTNAME", &istiod.hostname)
+            .env("AUTH_TOKEN", &istiod.token)
+            .env("CLUSTER_ID", &istiod.cluster_id)
+            .env("POD_NAME", &istiod.pod_name)
+            .env("POD_NAMESPACE", "istio-system")
+            .env("INSTANCE_IP", node.wire_ip.to_string())
             .env("INPOD_UDS", node.zds_socket())
             .env("NODE_NAME", node.name)
             .env("TRUST_DOMAIN", TRUST_DOMAIN)
-            .env("LOCAL_CA_DIR", self.ca_dir())
             .env("RUST_LOG", &self.opts.log_level);
         let proc = Proc::spawn(
             cmd,

@@ -29,6 +29,8 @@ pub struct IstiodAccess {
     /// The name istiod's serving certificate carries.
     pub hostname: String,
     pub cluster_id: String,
+    /// The ztunnel Pod's name (POD_NAME; istiod checks it against the token's pod).
+    pub pod_name: String,
     _forward: Forward,
 }
 
@@ -99,6 +101,7 @@ impl Cluster {
             root_cert: root_path,
             hostname: istiod.hostname,
             cluster_id: istiod.cluster_id,
+            pod_name: name,
             _forward: forward,
         })
     }

@@ -1,4 +1,4 @@
-//! The fixture's own parts, without the agent: nodes and the real CNI chain, the config renderer.
+//! The fixture's own parts, without the agent: nodes and the real CNI chain.
 
 use std::net::SocketAddr;
 
@@ -6,9 +6,6 @@ use serde_json::json;
 use test_support::{unique_prefix, NodeId, WIRE_IF};
 
 use super::cni::Sandbox;
-use meshtunnel::state::{Action, Match, Policy, Scope, StringMatch};
-
-use super::istiod::{render, AuthzPolicy};
 use super::node;
 use crate::apps::{connect_from, echo_exact, random_bytes, EchoServer};
 
@@ -113,133 +110,4 @@ fn a_failing_plugin_fails_add_with_its_cni_error_and_frees_the_address() {
     let err = rt.add(&sandbox(&pa, "pa")).unwrap_err();
     assert!(format!("{err:#}").contains("host-local-missing"), "{err:#}");
     assert!(leases(&nodes[0]).is_empty(), "{:?}", leases(&nodes[0]));
-}
-
-fn pod(name: &str, ip: Option<&str>, annotation: Option<&str>, host: bool) -> serde_json::Value {
-    let mut p = json!({
-        "metadata": {"name": name, "namespace": "demo", "uid": format!("uid-{name}")},
-        "spec": {"nodeName": "node-a", "serviceAccountName": format!("sa-{name}"), "hostNetwork": host},
-        "status": {},
-    });
-    if let Some(ip) = ip {
-        p["status"]["podIP"] = json!(ip);
-    }
-    if let Some(a) = annotation {
-        p["metadata"]["annotations"] = json!({"ambient.istio.io/redirection": a});
-    }
-    p
-}
-
-#[test]
-fn rendered_config_is_what_ztunnel_parses_hbone_only_for_captured_pods() {
-    let pods = [
-        pod("web", Some("10.128.0.2"), Some("enabled"), false),
-        pod("db", Some("10.128.0.3"), Some("pending"), false),
-        pod("plain", Some("10.128.0.4"), None, false),
-        pod("starting", None, None, false),
-        pod("host", Some("10.250.0.1"), Some("enabled"), true),
-    ];
-    let text = render(&pods, &[], "cluster.local").unwrap();
-    let snap = meshtunnel::config::parse(&text, std::path::Path::new("rendered")).unwrap();
-    let mut got: Vec<(String, String, String)> = snap
-        .workloads()
-        .map(|w| {
-            (
-                w.name.clone(),
-                format!("{:?}", w.protocol),
-                w.service_account.clone(),
-            )
-        })
-        .collect();
-    got.sort();
-    assert_eq!(
-        got,
-        vec![
-            ("db".into(), "Tcp".into(), "sa-db".into()),
-            ("plain".into(), "Tcp".into(), "sa-plain".into()),
-            ("web".into(), "Hbone".into(), "sa-web".into()),
-        ]
-    );
-    let web = snap.workload_by_uid("Kubernetes//Pod/demo/web").unwrap();
-    // istiod's uid, never the pod UID.
-    assert!(snap.workload_by_uid("uid-web").is_none());
-    assert_eq!(web.node, "node-a");
-    // Same input, same bytes: the writer only rewrites on a real change.
-    assert_eq!(text, render(&pods, &[], "cluster.local").unwrap());
-}
-
-fn deny_principal(name: &str, scope: Scope, principal: &str, app: Option<&str>) -> AuthzPolicy {
-    AuthzPolicy {
-        policy: Policy {
-            name: name.into(),
-            namespace: "demo".into(),
-            scope,
-            action: Action::Deny,
-            rules: vec![vec![vec![Match {
-                principals: vec![StringMatch::Exact(principal.into())],
-                source_ips: vec!["10.128.0.0/16".parse().unwrap()],
-                ..Match::default()
-            }]]],
-            dry_run: false,
-        },
-        selector: app
-            .map(|a| [("app".to_owned(), a.to_owned())].into())
-            .unwrap_or_default(),
-    }
-}
-
-/// Policies go out in ztunnel's schema: ztunnel's own parser reads them back unchanged, and a
-/// workload-scoped one is listed on exactly the pods of its namespace its selector matches.
-#[test]
-fn rendered_policies_are_what_ztunnel_parses_and_selectors_pick_their_pods() {
-    let mut web = pod("web", Some("10.128.0.2"), Some("enabled"), false);
-    web["metadata"]["labels"] = json!({"app": "web", "tier": "front"});
-    let mut other_ns = pod("web2", Some("10.128.0.5"), Some("enabled"), false);
-    other_ns["metadata"]["namespace"] = json!("prod");
-    other_ns["metadata"]["labels"] = json!({"app": "web"});
-    let pods = [
-        web,
-        other_ns,
-        pod("db", Some("10.128.0.3"), Some("enabled"), false),
-    ];
-    let policies = [
-        deny_principal(
-            "deny-a2",
-            Scope::WorkloadSelector,
-            "cluster.local/ns/demo/sa/sa-a2",
-            Some("web"),
-        ),
-        deny_principal(
-            "deny-all-x",
-            Scope::Namespace,
-            "cluster.local/ns/x/sa/x",
-            None,
-        ),
-    ];
-    let text = render(&pods, &policies, "cluster.local").unwrap();
-    let snap = meshtunnel::config::parse(&text, std::path::Path::new("rendered")).unwrap();
-    for want in &policies {
-        let got = snap.policy(&want.policy.key()).unwrap();
-        assert_eq!(**got, want.policy);
-    }
-    assert_eq!(snap.policies().count(), 2);
-    let listed = |uid: &str| {
-        snap.workload_by_uid(uid)
-            .unwrap()
-            .authorization_policies
-            .clone()
-    };
-    assert_eq!(
-        listed("Kubernetes//Pod/demo/web"),
-        vec!["demo/deny-a2".to_owned()]
-    );
-    assert!(
-        listed("Kubernetes//Pod/prod/web2").is_empty(),
-        "other namespace selected"
-    );
-    assert!(
-        listed("Kubernetes//Pod/demo/db").is_empty(),
-        "labels do not match"
-    );
-    assert_eq!(text, render(&pods, &policies, "cluster.local").unwrap());
 }

@@ -129,7 +129,7 @@ fn run() -> Result<()> {
             r"custom-columns=NAME:.metadata.name,IP:.status.podIP,NODE:.spec.nodeName,DATAPLANE:.metadata.labels.istio\.io/dataplane-mode,REDIRECTION:.metadata.annotations.ambient\.istio\.io/redirection",
         ],
     )?;
-    // The istiod stand-in republishes the captured pods as HBONE workloads.
+    // istiod republishes the captured pods as HBONE workloads (it reads the annotation).
     cluster.wait_config(&[&a1, &a2, &b1], Protocol::Hbone, Duration::from_secs(20))?;
     observe::istiod_view(&cluster, NS)?;
     check()?;

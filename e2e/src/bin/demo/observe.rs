@@ -1,14 +1,13 @@
 //! The demo's look at what ztunnel reports and decides: its metrics for the traffic just moved,
-//! an authorization policy published by the istiod stand-in, enforced and explained, and the
+//! an authorization policy applied with kubectl and pushed by istiod, enforced and explained, and the
 //! debug CLI's workload table.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use meshtunnel::state::{Action, Match, Policy, Scope, StringMatch};
 use meshtunnel_e2e::apps::{connect_from, echo_exact, random_bytes};
-use meshtunnel_e2e::cluster::{AuthzPolicy, Cluster, Pod, TRUST_DOMAIN};
+use meshtunnel_e2e::cluster::{Cluster, Pod, TRUST_DOMAIN};
 use meshtunnel_e2e::mesh::run_cmd;
 use test_support::NodeId;
 
@@ -110,16 +109,22 @@ fn labels(mut s: &str) -> Option<BTreeMap<String, String>> {
 
 /// A DENY policy for a2's principal on b1, shown enforced and explained, then removed.
 pub fn policy(cluster: &Cluster, a1: &Pod, a2: &Pod, b1: &Pod) -> Result<()> {
-    let deny = deny_policy(a2);
+    let yaml = deny_policy(a2);
     println!(
-        "\n== AuthorizationPolicy {}/{} (DENY principal {} to pods with {}={}, i.e. b1), published by the istiod stand-in",
-        deny.policy.namespace,
-        deny.policy.name,
+        "\n== an AuthorizationPolicy applied with kubectl (DENY principal {} to pods with {}={}, i.e. b1); istiod pushes it to the ztunnels",
         a2_principal(a2),
         APP_LABEL.0,
         APP_LABEL.1
     );
-    cluster.apply_policies(vec![deny], Duration::from_secs(10))?;
+    for line in yaml.lines() {
+        println!("   | {line}");
+    }
+    let started = std::time::Instant::now();
+    cluster.apply_policy(&yaml, &a2.namespace, "deny-a2", Duration::from_secs(20))?;
+    println!(
+        "   $ kubectl apply -f deny-a2.yaml: in both ztunnels {} ms later",
+        started.elapsed().as_millis()
+    );
     match try_echo(cluster, a2, b1) {
         Ok(()) => bail!("a2 -> b1 went through despite the DENY policy"),
         Err(e) => println!("   a2 -> b1: refused ({e:#})"),
@@ -146,7 +151,7 @@ pub fn policy(cluster: &Cluster, a1: &Pod, a2: &Pod, b1: &Pod) -> Result<()> {
             "127.0.0.1:15000",
         ],
     )?;
-    cluster.apply_policies(Vec::new(), Duration::from_secs(10))?;
+    cluster.delete_policy(&a2.namespace, "deny-a2", Duration::from_secs(20))?;
     try_echo(cluster, a2, b1).context("a2 -> b1 after the policy went")?;
     println!("   policy removed: a2 -> b1 ok again");
     Ok(())
@@ -157,21 +162,15 @@ fn a2_principal(a2: &Pod) -> String {
     principal(a2).trim_start_matches("spiffe://").to_owned()
 }
 
-fn deny_policy(a2: &Pod) -> AuthzPolicy {
-    AuthzPolicy {
-        policy: Policy {
-            name: "deny-a2".into(),
-            namespace: a2.namespace.clone(),
-            scope: Scope::WorkloadSelector,
-            action: Action::Deny,
-            rules: vec![vec![vec![Match {
-                principals: vec![StringMatch::Exact(a2_principal(a2))],
-                ..Match::default()
-            }]]],
-            dry_run: false,
-        },
-        selector: [(APP_LABEL.0.to_owned(), APP_LABEL.1.to_owned())].into(),
-    }
+/// The policy as a user writes it (security.istio.io/v1).
+fn deny_policy(a2: &Pod) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-a2\n  namespace: {ns}\nspec:\n  selector:\n    matchLabels:\n      {k}: {v}\n  action: DENY\n  rules:\n  - from:\n    - source:\n        principals: [\"{p}\"]\n",
+        ns = a2.namespace,
+        k = APP_LABEL.0,
+        v = APP_LABEL.1,
+        p = a2_principal(a2)
+    )
 }
 
 fn try_echo(cluster: &Cluster, from: &Pod, to: &Pod) -> Result<()> {
