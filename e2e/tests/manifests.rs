@@ -175,29 +175,6 @@ fn manifests_apply_to_a_real_apiserver_and_grant_the_agent_what_it_uses() {
     let mut applied = cp
         .kubectl_run(&["apply", "--server-side", "-f", &path("namespace.yaml")])
         .expect("the namespace applies");
-    let ca = tempfile::tempdir().unwrap();
-    meshtunnel::identity::LocalCa::load_or_create(ca.path(), "cluster.local").unwrap();
-    let config = manifests_dir().join("../examples/local-config.yaml");
-    cp.kubectl_run(&[
-        "-n",
-        "istio-system",
-        "create",
-        "configmap",
-        "ztunnel-local-config",
-        &format!("--from-file=config.yaml={}", config.display()),
-    ])
-    .expect("the local config ConfigMap");
-    cp.kubectl_run(&[
-        "-n",
-        "istio-system",
-        "create",
-        "secret",
-        "generic",
-        "ztunnel-ca",
-        &format!("--from-file={}", ca.path().join("root-cert.pem").display()),
-        &format!("--from-file={}", ca.path().join("ca-key.pem").display()),
-    ])
-    .expect("the CA Secret");
     applied += &cp
         .kubectl_run(&[
             "apply",
