@@ -182,6 +182,8 @@ fn run() -> Result<()> {
     check()?;
     println!("\n== the debug CLI: the workloads node B's ztunnel knows");
     observe::debug_cli(&cluster, &["workloads"])?;
+    println!("\n== the certificates node B's ztunnel holds, issued by istiod's CA");
+    observe::debug_cli(&cluster, &["certs"])?;
     check()?;
 
     println!();
