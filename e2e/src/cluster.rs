@@ -14,6 +14,7 @@ mod cni;
 mod daemons;
 mod istiod_access;
 mod kubectl;
+mod manifest_env;
 mod node;
 mod pods;
 mod process;

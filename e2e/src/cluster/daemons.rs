@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use test_support::NodeId;
 
+use super::manifest_env;
 use super::process::{log_tail, Proc};
 use super::{idx, Cluster, ISTIOD_ADDR, READINESS_PORT, TRUST_DOMAIN};
 use crate::mesh::{find_binary, http_in, STATS_PORT};
@@ -29,21 +30,30 @@ impl Cluster {
         let bin = find_binary("cni-agent", self.opts.release_binary)?;
         let plugin = find_binary("meshtunnel-cni", self.opts.release_binary)?;
         let mut cmd = std::process::Command::new(bin);
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        cmd.env_clear();
+        let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+        manifest_env::apply(
+            &mut cmd,
+            "cni-agent.yaml",
+            &[
+                ("NODE_NAME", node.name.to_owned()),
+                ("ZTUNNEL_UDS_ADDRESS", path(node.zds_socket())),
+                ("CNI_BIN_DIR", path(node.cni_bin_dir())),
+                ("CNI_CONF_DIR", path(node.cni_conf_dir())),
+                ("MESHTUNNEL_CNI_AGENT_SOCKET", path(node.agent_socket())),
+            ],
+        )?;
+        // Not in the DaemonSet: no in-cluster config here (a kubeconfig with the manifests'
+        // service account's token instead), the plugin binary from the build, test timings.
+        cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("KUBECONFIG", self.agent_kubeconfig())
-            .env("NODE_NAME", node.name)
             .env("RUST_LOG", &self.opts.log_level)
-            .env("CNI_BIN_DIR", node.cni_bin_dir())
-            .env("CNI_CONF_DIR", node.cni_conf_dir())
             .env("MESHTUNNEL_CNI_PLUGIN_BINARY", plugin)
-            .env("MESHTUNNEL_CNI_AGENT_SOCKET", node.agent_socket())
             .env(
                 "MESHTUNNEL_CNI_AGENT_TIMEOUT_MS",
                 self.opts.plugin_timeout_ms.to_string(),
             )
             .env("MESHTUNNEL_CNI_RECHECK_MS", "500")
-            .env("ZTUNNEL_UDS_ADDRESS", node.zds_socket())
             // Where the agent looks for a running pod's netns by its IP: only this node's pods
             // of this run (other runs on the machine may use the same addresses), no /proc scan.
             .env("MESHTUNNEL_NETNS_PREFIX", self.pod_netns_prefix(id))
@@ -114,21 +124,32 @@ impl Cluster {
         // Istio CA, both istiod on :15012 (forwarded onto the node's loopback), with the
         // node's pod-bound istio-ca token.
         let istiod = &self.istiod_access[idx(id)];
-        cmd.env_clear()
-            .env("XDS_ADDRESS", format!("https://{ISTIOD_ADDR}"))
-            .env("XDS_ROOT_CA", &istiod.root_cert)
-            .env("ALT_XDS_HOSTNAME", &istiod.hostname)
-            .env("CA_ROOT_CA", &istiod.root_cert)
-            .env("ALT_CA_HOSTNAME", &istiod.hostname)
-            .env("AUTH_TOKEN", &istiod.token)
-            .env("CLUSTER_ID", &istiod.cluster_id)
-            .env("POD_NAME", &istiod.pod_name)
-            .env("POD_NAMESPACE", "istio-system")
-            .env("INSTANCE_IP", node.wire_ip.to_string())
-            .env("INPOD_UDS", node.zds_socket())
-            .env("NODE_NAME", node.name)
-            .env("TRUST_DOMAIN", TRUST_DOMAIN)
-            .env("RUST_LOG", &self.opts.log_level);
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let istiod_url = format!("https://{ISTIOD_ADDR}");
+        cmd.env_clear();
+        manifest_env::apply(
+            &mut cmd,
+            "ztunnel.yaml",
+            &[
+                ("NODE_NAME", node.name.to_owned()),
+                ("POD_NAME", istiod.pod_name.clone()),
+                ("POD_NAMESPACE", "istio-system".to_owned()),
+                ("INSTANCE_IP", node.wire_ip.to_string()),
+                ("INPOD_UDS", path(&node.zds_socket())),
+                ("XDS_ADDRESS", istiod_url.clone()),
+                ("CA_ADDRESS", istiod_url),
+                ("XDS_ROOT_CA", path(&istiod.root_cert)),
+                ("CA_ROOT_CA", path(&istiod.root_cert)),
+                ("AUTH_TOKEN", path(&istiod.token)),
+                ("CLUSTER_ID", istiod.cluster_id.clone()),
+                ("TRUST_DOMAIN", TRUST_DOMAIN.to_owned()),
+                ("RUST_LOG", self.opts.log_level.clone()),
+            ],
+        )?;
+        // Not in the DaemonSet: istiod is dialled by address here (no cluster DNS), so the name
+        // its certificate carries is given, as upstream's ALT_*_HOSTNAME do.
+        cmd.env("ALT_XDS_HOSTNAME", &istiod.hostname)
+            .env("ALT_CA_HOSTNAME", &istiod.hostname);
         let proc = Proc::spawn(
             cmd,
             &format!("ztunnel on {}", node.name),
