@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use controlplane::{wait_until, ControlPlane, Options, Resource};
+use controlplane::{wait_until, ControlPlane, Options, ZtunnelCredentials};
 use meshtunnel::identity::{identity_of, Identity, IstioCa, IstioCaSettings};
 use meshtunnel_e2e::mesh::find_binary;
 use serde_json::{json, Value};
@@ -25,58 +25,22 @@ fn cp() -> &'static ControlPlane {
     ControlPlane::shared(Options { istiod: true })
 }
 
-/// A node with a ztunnel Pod on it and that pod's token (audience istio-ca), and istiod's root.
+/// A node with a ztunnel Pod on it, that pod's token (audience istio-ca) and istiod's root.
 struct NodeAccess {
     node: String,
-    token: PathBuf,
-    root: PathBuf,
+    creds: ZtunnelCredentials,
 }
 
 fn node_access(node: &str) -> NodeAccess {
-    let api = cp().api();
-    api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
+    cp().api()
+        .create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
         .unwrap();
-    let name = format!("ztunnel-{node}");
-    let pod = api
-        .create(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "istio-system"},
-            "spec": {"nodeName": node, "serviceAccountName": "ztunnel", "hostNetwork": true,
-                "containers": [{"name": "istio-proxy", "image": "meshtunnel"}]},
-            "status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-                "conditions": [{"type": "Ready", "status": "True"}]}}))
+    let creds = cp()
+        .ztunnel_credentials(node, [127, 0, 0, 1].into(), &cp().dir().join(node))
         .unwrap();
-    let uid = pod["metadata"]["uid"].as_str().unwrap();
-    let token = api
-        .token(
-            "istio-system",
-            "ztunnel",
-            &["istio-ca"],
-            Some((&name, uid)),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    let dir = cp().dir().join(node);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("istio-token"), token).unwrap();
-    let mut root = String::new();
-    wait_until(WAIT, "istio-ca-root-cert", || {
-        api.try_get(
-            Resource::ConfigMap,
-            Some("istio-system"),
-            "istio-ca-root-cert",
-        )
-        .ok()
-        .flatten()
-        .and_then(|cm| cm["data"]["root-cert.pem"].as_str().map(str::to_owned))
-        .map(|r| root = r)
-        .is_some()
-    })
-    .unwrap();
-    std::fs::write(dir.join("root-cert.pem"), root).unwrap();
     NodeAccess {
         node: node.to_owned(),
-        token: dir.join("istio-token"),
-        root: dir.join("root-cert.pem"),
+        creds,
     }
 }
 
@@ -108,7 +72,7 @@ struct Ztunnel {
 impl Ztunnel {
     fn start(access: &NodeAccess) -> Ztunnel {
         let istiod = cp().istiod().unwrap();
-        let dir = access.token.parent().unwrap();
+        let dir = access.creds.token.parent().unwrap();
         let port = || {
             TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -121,15 +85,15 @@ impl Ztunnel {
             .env_clear()
             .env("RUST_LOG", "info")
             .env("XDS_ADDRESS", format!("https://{}", istiod.secure_grpc))
-            .env("XDS_ROOT_CA", &access.root)
+            .env("XDS_ROOT_CA", &access.creds.root_cert)
             .env("ALT_XDS_HOSTNAME", &istiod.hostname)
-            .env("CA_ROOT_CA", &access.root)
+            .env("CA_ROOT_CA", &access.creds.root_cert)
             .env("ALT_CA_HOSTNAME", &istiod.hostname)
-            .env("AUTH_TOKEN", &access.token)
+            .env("AUTH_TOKEN", &access.creds.token)
             .env("CLUSTER_ID", &istiod.cluster_id)
             .env("NODE_NAME", &access.node)
-            .env("POD_NAME", format!("ztunnel-{}", access.node))
-            .env("POD_NAMESPACE", "istio-system")
+            .env("POD_NAME", &access.creds.pod_name)
+            .env("POD_NAMESPACE", &access.creds.pod_namespace)
             .env("INSTANCE_IP", "127.0.0.1")
             .env("INPOD_UDS", dir.join("no-agent.sock"))
             .env("LOCAL_CA_DIR", dir.join("unused-ca"))
@@ -238,7 +202,7 @@ fn ztunnel_follows_istiod_over_delta_xds() {
     // An AuthorizationPolicy applied with kubectl reaches ztunnel.
     kubectl_apply(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-other\n  namespace: xds-demo\nspec:\n  selector:\n    matchLabels:\n      app: web\n  action: DENY\n  rules:\n  - from:\n    - source:\n        namespaces: [\"other\"]\n",
-        access.token.parent().unwrap(),
+        access.creds.token.parent().unwrap(),
     );
     let took = zt.wait("the policy", |d| {
         d["policies"]
@@ -322,9 +286,9 @@ async fn issue(access: &NodeAccess) {
     let istiod = cp().istiod().unwrap();
     let ca = IstioCa::new(IstioCaSettings {
         address: format!("https://{}", istiod.secure_grpc),
-        root_ca: access.root.clone(),
+        root_ca: access.creds.root_cert.clone(),
         alt_hostname: Some(istiod.hostname.clone()),
-        token_path: access.token.clone(),
+        token_path: access.creds.token.clone(),
         cluster_id: istiod.cluster_id.clone(),
     })
     .unwrap();

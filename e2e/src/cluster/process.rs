@@ -76,9 +76,5 @@ impl Drop for Proc {
     }
 }
 
-/// The last `lines` lines of a log file (empty if unreadable).
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
+/// The same tail the control plane's failure reports quote.
+pub use controlplane::log_tail;
