@@ -169,6 +169,7 @@ fn cert_source(
         // One token for xDS and the CA, as upstream (AUTH_TOKEN).
         token_path: settings.xds.auth_token.clone(),
         cluster_id: settings.cluster_id.clone(),
+        impersonate: true,
     })?;
     // The mesh trusts CA_ROOT_CA: every chain the CA returns is checked to lead there.
     let roots = ca.roots().to_vec();

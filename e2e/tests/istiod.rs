@@ -290,6 +290,7 @@ async fn issue(access: &NodeAccess) {
         alt_hostname: Some(istiod.hostname.clone()),
         token_path: access.creds.token.clone(),
         cluster_id: istiod.cluster_id.clone(),
+        impersonate: true,
     })
     .unwrap();
     let id = Identity::new("cluster.local", "ca-demo", "sa-api-1");

@@ -49,6 +49,11 @@ pub struct IstioCaSettings {
     pub token_path: PathBuf,
     /// CLUSTER_ID, sent as the `clusterid` header when not empty.
     pub cluster_id: String,
+    /// Ask for another identity than the caller's (`ImpersonatedIdentity`, ztunnel asking for
+    /// its pods' certificates; istiod allows it only to CA_TRUSTED_NODE_ACCOUNTS). Off for a
+    /// proxy asking for its own identity (the waypoint): istiod then issues the token's own
+    /// service account identity, and refuses impersonation from anyone else.
+    pub impersonate: bool,
 }
 
 pub struct IstioCa {
@@ -128,7 +133,7 @@ impl IstioCa {
         }
         let bearer = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
             .map_err(|_| err("the token file holds characters a header cannot carry".into()))?;
-        let mut req = tonic::Request::new(request(id, csr, ttl));
+        let mut req = tonic::Request::new(request(id, csr, ttl, self.settings.impersonate));
         req.metadata_mut().insert("authorization", bearer);
         if !self.settings.cluster_id.is_empty() {
             if let Ok(v) = AsciiMetadataValue::try_from(self.settings.cluster_id.as_str()) {
@@ -174,17 +179,26 @@ pub fn csr(id: &Identity) -> Result<(String, KeyPair), rcgen::Error> {
     Ok((pem, key))
 }
 
-/// The CreateCertificate request for `id`.
-pub fn request(id: &Identity, csr: String, ttl: Duration) -> IstioCertificateRequest {
-    let impersonated = prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(id.to_string())),
-    };
+/// The CreateCertificate request for `id`; with `impersonate`, `id` is named in the metadata
+/// (else istiod issues the caller's own identity, which must then be `id`).
+pub fn request(
+    id: &Identity,
+    csr: String,
+    ttl: Duration,
+    impersonate: bool,
+) -> IstioCertificateRequest {
+    let metadata = impersonate.then(|| {
+        let impersonated = prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(id.to_string())),
+        };
+        prost_types::Struct {
+            fields: BTreeMap::from([(IMPERSONATED_IDENTITY.to_owned(), impersonated)]),
+        }
+    });
     IstioCertificateRequest {
         csr,
         validity_duration: ttl.as_secs().try_into().unwrap_or(i64::MAX),
-        metadata: Some(prost_types::Struct {
-            fields: BTreeMap::from([(IMPERSONATED_IDENTITY.to_owned(), impersonated)]),
-        }),
+        metadata,
     }
 }
 

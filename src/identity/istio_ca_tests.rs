@@ -81,7 +81,17 @@ fn csr_is_p256_with_the_spiffe_id_as_its_only_san() {
 
 #[test]
 fn request_carries_ttl_and_impersonated_identity_with_upstream_field_numbers() {
-    let r = request(&id("web"), "CSR".into(), Duration::from_secs(24 * 3600));
+    let own = request(&id("web"), "CSR".into(), Duration::from_secs(60), false);
+    assert_eq!(
+        own.metadata, None,
+        "asking for one's own identity names none"
+    );
+    let r = request(
+        &id("web"),
+        "CSR".into(),
+        Duration::from_secs(24 * 3600),
+        true,
+    );
     assert_eq!(r.validity_duration, 86_400);
     let fields = &r.metadata.as_ref().unwrap().fields;
     assert_eq!(fields.len(), 1);
@@ -178,6 +188,7 @@ async fn unreachable_ca_and_missing_token_are_errors_not_hangs() {
         alt_hostname: Some("istiod.istio-system.svc".into()),
         token_path: dir.path().join("token"),
         cluster_id: "Kubernetes".into(),
+        impersonate: true,
     };
     let client = IstioCa::new(settings).unwrap();
     let e = client
@@ -206,6 +217,7 @@ async fn unreachable_ca_and_missing_token_are_errors_not_hangs() {
         alt_hostname: None,
         token_path: dir.path().join("token"),
         cluster_id: String::new(),
+        impersonate: true,
     };
     assert!(IstioCa::new(bad)
         .unwrap_err()

@@ -42,14 +42,27 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// ztunnel's client (node type `ztunnel`).
     pub fn new(s: &XdsSettings, node_name: &str, cluster_id: &str, trust_domain: &str) -> Self {
+        Self::for_proxy("ztunnel", s, node_name, cluster_id, trust_domain)
+    }
+
+    /// A client that says it is a `proxy_type` (istiod's node types: `ztunnel`, `waypoint`);
+    /// istiod serves the workload API to any of them.
+    pub fn for_proxy(
+        proxy_type: &str,
+        s: &XdsSettings,
+        node_name: &str,
+        cluster_id: &str,
+        trust_domain: &str,
+    ) -> Self {
         ClientConfig {
             address: s.xds_address.clone(),
             root_ca: s.xds_root_ca.clone(),
             alt_hostname: s.alt_xds_hostname.clone(),
             token_path: s.auth_token.clone(),
             cluster_id: cluster_id.to_owned(),
-            node: super::node::build(s, node_name, cluster_id, std::env::vars()),
+            node: super::node::build(proxy_type, s, node_name, cluster_id, std::env::vars()),
             defaults: Defaults {
                 trust_domain: trust_domain.to_owned(),
             },

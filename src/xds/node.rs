@@ -1,6 +1,7 @@
-//! Who this ztunnel says it is to istiod: the node id and metadata upstream ztunnel sends.
-//! istiod parses the id (`<type>~<ip>~<id>~<dns domain>`: type `ztunnel` selects the workload
-//! API) and checks the metadata NAMESPACE against the token's namespace.
+//! Who this proxy says it is to istiod: the node id and metadata upstream ztunnel sends.
+//! istiod parses the id (`<type>~<ip>~<id>~<dns domain>`; `ztunnel` for ztunnel, `waypoint`
+//! for a waypoint, as istio-agent's `proxy waypoint`) and checks the metadata NAMESPACE (and
+//! SERVICE_ACCOUNT when sent) against the token's identity.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use super::settings::XdsSettings;
 const META_PREFIX: &str = "ISTIO_META_";
 
 pub fn build(
+    proxy_type: &str,
     s: &XdsSettings,
     node_name: &str,
     cluster_id: &str,
@@ -34,7 +36,7 @@ pub fn build(
         meta.insert(k.to_owned(), v.to_owned());
     }
     Node {
-        id: format!("ztunnel~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
+        id: format!("{proxy_type}~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
         metadata: Some(Struct {
             fields: meta
                 .into_iter()
@@ -48,7 +50,7 @@ pub fn build(
                 })
                 .collect(),
         }),
-        user_agent_name: "meshtunnel-ztunnel".into(),
+        user_agent_name: format!("meshtunnel-{proxy_type}"),
         user_agent_version_type: Some(
             super::proto::core::node::UserAgentVersionType::UserAgentVersion(
                 env!("CARGO_PKG_VERSION").into(),
@@ -94,7 +96,7 @@ mod tests {
             ("ISTIO_META_NAMESPACE".to_string(), "spoofed".to_string()),
             ("HOME".to_string(), "/root".to_string()),
         ];
-        let n = build(&s, "node-a", "Kubernetes", env);
+        let n = build("ztunnel", &s, "node-a", "Kubernetes", env.clone());
         assert_eq!(
             n.id,
             "ztunnel~10.0.0.5~ztunnel-abcde.istio-system~istio-system.svc.cluster.local"
@@ -106,5 +108,8 @@ mod tests {
         assert_eq!(meta(&n, "CLUSTER_ID").unwrap(), "Kubernetes");
         assert_eq!(meta(&n, "DNS_CAPTURE").unwrap(), "true");
         assert_eq!(meta(&n, "HOME"), None);
+        let w = build("waypoint", &s, "node-a", "Kubernetes", env);
+        assert!(w.id.starts_with("waypoint~10.0.0.5~"), "{}", w.id);
+        assert_eq!(w.user_agent_name, "meshtunnel-waypoint");
     }
 }

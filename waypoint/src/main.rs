@@ -7,6 +7,7 @@ mod app;
 mod authz;
 mod body;
 mod client_pool;
+mod cluster;
 mod config;
 mod explain;
 mod forward;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use meshtunnel::config::LogFormat;
+use meshtunnel::xds::XdsSettings;
 
 #[derive(Args, Debug, Clone)]
 pub struct Settings {
@@ -63,4 +64,62 @@ pub struct Settings {
     pub log_level: String,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
+}
+
+/// Cluster mode (XDS_ADDRESS set): objects from the Kubernetes API, workloads and services
+/// from istiod's workload xDS, the certificate from istiod's CA. Upstream names throughout
+/// (ztunnel's for xDS and the CA, istiod's waypoint Deployment's for the rest).
+#[derive(Args, Debug, Clone)]
+pub struct ClusterSettings {
+    /// XDS_ADDRESS, XDS_ROOT_CA, ALT_XDS_HOSTNAME, AUTH_TOKEN (the projected `istio-token`,
+    /// audience istio-ca, of the waypoint's own service account), POD_NAME, POD_NAMESPACE,
+    /// INSTANCE_IP: as ztunnel reads them.
+    #[command(flatten)]
+    pub xds: XdsSettings,
+    /// The Istio CA; unset or empty: XDS_ADDRESS (istiod serves both).
+    #[arg(long, env = "CA_ADDRESS", value_name = "URL")]
+    pub ca_address: Option<String>,
+    /// PEM roots of the CA's serving certificate; also what the mesh trusts.
+    #[arg(
+        long,
+        env = "CA_ROOT_CA",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    pub ca_root_ca: PathBuf,
+    #[arg(long, env = "ALT_CA_HOSTNAME", value_name = "NAME")]
+    pub alt_ca_hostname: Option<String>,
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// The node the pod runs on (istiod's waypoint Deployment sets ISTIO_META_NODE_NAME).
+    #[arg(long, env = "ISTIO_META_NODE_NAME", default_value = "")]
+    pub node_name: String,
+    /// The waypoint's Gateway (class istio-waypoint) in POD_NAMESPACE. istiod's waypoint
+    /// Deployment sets ISTIO_META_WORKLOAD_NAME to its Deployment's name, which is the
+    /// Gateway's. Services whose waypoint is this Gateway's Service are the ones it serves.
+    #[arg(long, env = "ISTIO_META_WORKLOAD_NAME", default_value = "")]
+    pub gateway_name: String,
+    /// Write route status (our own `parents[]` entry, controllerName below).
+    #[arg(long, env = "WAYPOINT_WRITE_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub write_status: bool,
+    /// The kubeconfig; unset: in-cluster config (or ~/.kube/config), as cni-agent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ClusterSettings {
+    /// XDS_ADDRESS, when cluster mode is on.
+    pub fn xds_address(&self) -> Option<&str> {
+        self.xds.address()
+    }
+
+    /// CA_ADDRESS, else XDS_ADDRESS; empty meaning unset.
+    pub fn ca_address(&self) -> Option<String> {
+        match self.ca_address.as_deref().map(str::trim) {
+            Some(a) if !a.is_empty() => Some(a.to_owned()),
+            _ => self.xds_address().map(str::to_owned),
+        }
+    }
 }

@@ -9,8 +9,8 @@ mod objects;
 mod watch;
 
 pub use convert_istio::AppProtocol;
-pub use load::load_dir;
-#[cfg(test)]
+pub use load::{load_dir, LoadError};
+// Cluster mode checks and builds API objects with the same conversion as the directory.
 pub(crate) use load::parse_documents;
 pub use watch::spawn_dir_watcher;
 
