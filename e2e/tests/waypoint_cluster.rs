@@ -392,6 +392,17 @@ spec:
         })
     })
     .unwrap_or_else(|e| fail("status", &e));
+    let r = route(&cluster).unwrap();
+    let controllers: Vec<&str> = r["status"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["controllerName"].as_str())
+        .collect();
+    assert!(
+        controllers.contains(&"istio.io/gateway-controller"),
+        "istiod's own entry is kept: {controllers:?}"
+    );
 
     // An L7 DENY on /admin for echo: 403 there, other paths pass.
     apply(

@@ -78,6 +78,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     );
     let mesh = Arc::new(State::new(ConfigSnapshot::empty()));
     let cell = Arc::new(ConfigCell::default());
+    let mut sync = None;
     let (certs, tls) = match &xds_address {
         None => {
             start_file_mode(&s, &mesh, &cell)?;
@@ -88,8 +89,10 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         Some(address) => {
             // Cluster mode: istiod's workload xDS, the Kubernetes API, istiod's CA.
             crate::cluster::gateway(&s)?;
-            crate::cluster::start_xds(&s, address, mesh.clone(), stop.clone());
-            crate::cluster::start_objects(&s, cell.clone(), mesh.clone(), stop.clone()).await?;
+            sync = Some(
+                crate::cluster::start(&s, address, cell.clone(), mesh.clone(), stop.clone())
+                    .await?,
+            );
             let ca_address = s.cluster.ca_address().unwrap_or_else(|| address.clone());
             let ca = crate::cluster::istio_ca(&s, ca_address)?;
             let tls = TlsContext::new(ca.roots(), &s.trust_domain)?;
@@ -101,6 +104,9 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     };
     let identity = Identity::new(&s.trust_domain, &s.namespace, &s.service_account);
     let cert = first_certificate(&certs, &identity, xds_address.is_some()).await?;
+    if let Some(sync) = &sync {
+        sync.wait().await;
+    }
     let server_tls = tls.server_config(cert.clone())?;
     let h2 = H2Settings {
         idle_timeout: s.pool_idle_timeout,

@@ -48,7 +48,7 @@ pub fn istio_ca(s: &Settings, address: String) -> anyhow::Result<IstioCa> {
 }
 
 /// Starts the workload xDS client feeding `mesh`; the returned status says when it synced.
-pub fn start_xds(
+fn start_xds(
     s: &Settings,
     address: &str,
     mesh: Arc<State>,
@@ -92,13 +92,68 @@ async fn kube_client(s: &Settings) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// What cluster mode waits for before the waypoint opens its listeners (and so before it is
+/// ready): istiod's first push of every type and a first complete list of every kind. Until
+/// then no request is served, so none passes before its AuthorizationPolicies are in force.
+pub struct Sync {
+    xds: Arc<xds::status::XdsStatus>,
+    store: Arc<Mutex<store::ObjectStore>>,
+}
+
+impl Sync {
+    fn missing(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.xds.synced() {
+            out.push("istiod's workload xDS");
+        }
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        out.extend(
+            watch::KINDS
+                .iter()
+                .map(|k| k.2)
+                .filter(|kind| !store.listed(kind)),
+        );
+        out
+    }
+
+    pub async fn wait(&self) {
+        let start = std::time::Instant::now();
+        let mut logged = std::time::Duration::ZERO;
+        loop {
+            let missing = self.missing();
+            if missing.is_empty() {
+                tracing::info!(after = ?start.elapsed(), "config from istiod and the API in hand");
+                return;
+            }
+            if start.elapsed() >= logged + std::time::Duration::from_secs(10) {
+                logged = start.elapsed();
+                tracing::warn!(waiting_for = ?missing, "not serving yet");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Starts xDS and the object watch (and, when asked, the status writer).
+pub async fn start(
+    s: &Settings,
+    address: &str,
+    cell: Arc<ConfigCell>,
+    mesh: Arc<State>,
+    stop: CancellationToken,
+) -> anyhow::Result<Sync> {
+    let xds = start_xds(s, address, mesh.clone(), stop.clone());
+    let store = start_objects(s, cell, mesh, stop).await?;
+    Ok(Sync { xds, store })
+}
+
 /// Watches the objects into `cell` and, when asked, writes route status.
-pub async fn start_objects(
+async fn start_objects(
     s: &Settings,
     cell: Arc<ConfigCell>,
     mesh: Arc<State>,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<Mutex<store::ObjectStore>>> {
     let gateway = gateway(s)?;
     let client = kube_client(s).await?;
     let scope = Scope {
@@ -108,7 +163,14 @@ pub async fn start_objects(
     let store = Arc::new(Mutex::new(store::ObjectStore::default()));
     watch::spawn(client.clone(), scope, store.clone(), cell, stop.clone());
     if s.cluster.write_status {
-        status::spawn(client, gateway, store, mesh, s.config_poll_interval, stop);
+        status::spawn(
+            client,
+            gateway,
+            store.clone(),
+            mesh,
+            s.config_poll_interval,
+            stop,
+        );
     }
-    Ok(())
+    Ok(store)
 }

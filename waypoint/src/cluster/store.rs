@@ -59,6 +59,8 @@ pub struct ObjectStore {
     entries: BTreeMap<Key, Entry>,
     /// Kinds being relisted, with the keys seen since the list started.
     relisting: BTreeMap<String, BTreeSet<Key>>,
+    /// Kinds listed completely at least once.
+    listed: BTreeSet<String>,
 }
 
 /// The key of an API object (a Service's kind is `Service`, etc.).
@@ -125,6 +127,7 @@ impl ObjectStore {
                 false
             }
             Event::ListDone(kind) => {
+                self.listed.insert(kind.clone());
                 let Some(seen) = self.relisting.remove(&kind) else {
                     return false;
                 };
@@ -134,6 +137,11 @@ impl ObjectStore {
                 before != self.entries.len()
             }
         }
+    }
+
+    /// Whether `kind` has been listed completely at least once.
+    pub fn listed(&self, kind: &str) -> bool {
+        self.listed.contains(kind)
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&Key, &Entry)> {

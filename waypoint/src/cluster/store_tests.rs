@@ -93,8 +93,10 @@ fn a_relist_drops_what_is_gone() {
         &s,
     );
     store.apply(Event::ListStart("HTTPRoute".into()), &s);
+    assert!(!store.listed("HTTPRoute"));
     store.apply(Event::Upsert(route("b", "PathPrefix")), &s);
     assert!(store.apply(Event::ListDone("HTTPRoute".into()), &s));
+    assert!(store.listed("HTTPRoute"));
     let keys: Vec<String> = store.entries().map(|(k, _)| k.to_string()).collect();
     assert_eq!(keys, ["AuthorizationPolicy demo/p", "HTTPRoute demo/b"]);
 }
