@@ -20,6 +20,7 @@ mod pods;
 mod process;
 #[cfg(test)]
 mod tests;
+mod waypoint;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ pub use kubectl::Kubectl;
 pub use node::{subnets, Node, SYSTEM_CNI_DIR};
 pub use pods::{Pod, PodSpec};
 pub use process::log_tail;
+pub use waypoint::ClusterWaypoint;
 
 use process::Proc;
 

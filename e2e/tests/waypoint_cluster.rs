@@ -4,25 +4,18 @@
 //! `manifests/waypoint.yaml`, workloads from istiod's workload xDS, its certificate from
 //! istiod's CA); an HTTPRoute split 90/10 and an L7 AuthorizationPolicy applied with kubectl.
 //! Traffic goes client pod → its ztunnel → waypoint → backend pod's ztunnel → backend.
-//!
-//! istiod provisions a waypoint's Deployment and Service from its injection templates; the
-//! fixture's istiod has none, so it renders nothing ("no waypoint template") and the test
-//! makes what the template would: the Gateway's ServiceAccount, its Service (selector
-//! `gateway.networking.k8s.io/gateway-name`) and one Pod. No Deployment or ReplicaSet exists
-//! and the fixture's controller-manager runs no deployment/replicaset controllers, so nothing
-//! adopts or deletes that Pod.
+//! How the waypoint is deployed without istiod's templates: `e2e/src/cluster/waypoint.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use controlplane::{Forward, Resource};
+use controlplane::Resource;
 use meshtunnel::state::Protocol;
 use meshtunnel_e2e::cluster::{wait_until, Cluster, ClusterOptions, Pod, PodSpec, DATAPLANE_LABEL};
-use meshtunnel_e2e::mesh::{find_binary, http_in};
+use meshtunnel_e2e::mesh::http_in;
 use meshtunnel_e2e::waypoint::HttpBackend;
 use serde_json::Value;
-use test_support::{ChildGuard, NodeId};
+use test_support::NodeId;
 
 const NS: &str = "wpc";
 const GATEWAY: &str = "waypoint";
@@ -41,100 +34,6 @@ fn apply(cluster: &Cluster, name: &str, yaml: &str) {
         .kubectl
         .ok(&["apply", "-f", &file.to_string_lossy()])
         .unwrap_or_else(|e| panic!("kubectl apply {name}: {e:#}"));
-}
-
-/// The waypoint process in its pod's netns, with port forwards to istiod and the apiserver
-/// on that netns's loopback (both listen on the host's).
-struct RunningWaypoint {
-    _child: ChildGuard,
-    _forwards: [Forward; 2],
-    log: std::path::PathBuf,
-}
-
-impl RunningWaypoint {
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn start_waypoint(cluster: &Cluster, wp: &Pod) -> Result<RunningWaypoint> {
-    let netns = cluster.netns_of(wp);
-    let cp = &cluster.control_plane;
-    let istiod = cp.istiod().context("istiod")?.clone();
-    let istiod_local: std::net::SocketAddr = "127.0.0.1:15012".parse()?;
-    let api_target: std::net::SocketAddr = cp
-        .server()
-        .trim_start_matches("https://")
-        .parse()
-        .context("apiserver address")?;
-    let forwards = [
-        Forward::start(&netns.path(), istiod_local, istiod.secure_grpc)?,
-        Forward::start(&netns.path(), api_target, api_target)?,
-    ];
-    let dir = cluster.dir.path().join("waypoint");
-    std::fs::create_dir_all(&dir)?;
-    let api = cluster.api();
-    // The projected istio-token of the pod (audience istio-ca) and its API token.
-    let ca_token = api.token(
-        NS,
-        GATEWAY,
-        &["istio-ca"],
-        Some((&wp.name, &wp.uid)),
-        Duration::from_secs(3600),
-    )?;
-    std::fs::write(dir.join("istio-token"), ca_token)?;
-    let kube_token = api.token(NS, GATEWAY, &[], None, Duration::from_secs(3600))?;
-    let kubeconfig = dir.join("kubeconfig");
-    cp.write_token_kubeconfig(&kubeconfig, &kube_token)?;
-    let root = cluster.istiod_access[0].credentials.root_cert.clone();
-    let log = dir.join("waypoint.log");
-    let out = std::fs::File::create(&log)?;
-    let bin = find_binary("waypoint", false)?;
-    let mut cmd = netns.command(bin.to_str().context("binary path")?);
-    // The environment istiod's waypoint Deployment gives its pod (downward API values
-    // supplied), plus the kubeconfig a kubelet-less pod needs and the names to verify
-    // istiod's certificate against (dialled at 127.0.0.1).
-    cmd.env_clear()
-        .args(["proxy", "waypoint", "--domain", "wpc.svc.cluster.local"])
-        .env("XDS_ADDRESS", format!("https://{istiod_local}"))
-        .env("ALT_XDS_HOSTNAME", &istiod.hostname)
-        .env("ALT_CA_HOSTNAME", &istiod.hostname)
-        .env("XDS_ROOT_CA", &root)
-        .env("CA_ROOT_CA", &root)
-        .env("AUTH_TOKEN", dir.join("istio-token"))
-        .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", &wp.name)
-        .env("POD_NAMESPACE", NS)
-        .env("INSTANCE_IP", wp.ip.to_string())
-        .env("SERVICE_ACCOUNT", GATEWAY)
-        .env("ISTIO_META_SERVICE_ACCOUNT", GATEWAY)
-        .env("ISTIO_META_NODE_NAME", cluster.node(wp.node).name)
-        .env("ISTIO_META_WORKLOAD_NAME", GATEWAY)
-        .env("ISTIO_META_CLUSTER_ID", &istiod.cluster_id)
-        .env("CLUSTER_ID", &istiod.cluster_id)
-        .env("TRUST_DOMAIN", "cluster.local")
-        .env("CONFIG_POLL_INTERVAL", "200ms")
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    let child = netns.spawn_command(cmd)?;
-    let running = RunningWaypoint {
-        _child: child,
-        _forwards: forwards,
-        log,
-    };
-    wait_until(GENEROUS, "waypoint ready", || {
-        http_in(
-            netns,
-            "127.0.0.1:15021".parse().unwrap(),
-            "GET",
-            "/healthz/ready",
-        )
-        .is_ok_and(|(c, _)| c == 200)
-    })
-    .with_context(|| running.logs())?;
-    Ok(running)
 }
 
 fn service_vip(cluster: &Cluster, name: &str) -> std::net::IpAddr {
@@ -176,58 +75,12 @@ fn http_route_split_and_l7_deny_through_our_waypoint_on_the_real_control_plane()
             ],
         )
         .unwrap();
-    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    cluster
-        .kubectl
-        .ok(&[
-            "apply",
-            "--server-side",
-            "-f",
-            &manifests.join("waypoint.yaml").to_string_lossy(),
-        ])
-        .unwrap();
-    let binding = format!("meshtunnel-waypoint-{NS}-{GATEWAY}");
-    cluster
-        .kubectl
-        .ok(&[
-            "create",
-            "clusterrolebinding",
-            &binding,
-            "--clusterrole=meshtunnel-waypoint",
-            &format!("--serviceaccount={NS}:{GATEWAY}"),
-        ])
-        .unwrap();
-
-    // The Gateway, and what istiod's template would have made for it.
+    // The services; the waypoint below is deployed for Gateway `waypoint`.
     apply(
         &cluster,
         "gateway",
         &format!(
-            "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: {GATEWAY}, namespace: {NS}}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - {{name: mesh, port: 15008, protocol: HBONE}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {GATEWAY}, namespace: {NS}}}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: {GATEWAY}
-  namespace: {NS}
-  labels: {{gateway.networking.k8s.io/gateway-name: {GATEWAY}, gateway.networking.k8s.io/gateway-class-name: istio-waypoint}}
-spec:
-  selector: {{gateway.networking.k8s.io/gateway-name: {GATEWAY}}}
-  ports:
-  - {{name: status-port, port: 15021, protocol: TCP}}
-  - {{name: mesh, port: 15008, protocol: TCP}}
----
-apiVersion: v1
+            "apiVersion: v1
 kind: Service
 metadata: {{name: echo, namespace: {NS}}}
 spec:
@@ -251,18 +104,6 @@ spec:
         ),
     );
 
-    // The waypoint's pod: the Gateway's service account, not captured (`dataplane-mode:
-    // none`, as istiod's template labels it).
-    let mut wp_spec = PodSpec::new("waypoint-0", NodeId::A)
-        .namespace(NS)
-        .label("gateway.networking.k8s.io/gateway-name", GATEWAY)
-        .label(
-            "gateway.networking.k8s.io/gateway-class-name",
-            "istio-waypoint",
-        )
-        .label(DATAPLANE_LABEL, "none");
-    wp_spec.service_account = GATEWAY.into();
-    let wp = pod(&cluster, wp_spec);
     let client = pod(&cluster, PodSpec::new("client", NodeId::A).namespace(NS));
     let v1 = pod(
         &cluster,
@@ -284,13 +125,13 @@ spec:
     cluster
         .wait_config(&[&client, &v1, &v2], Protocol::Hbone, GENEROUS)
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diagnostics()));
+    let waypoint = cluster
+        .deploy_waypoint(NS, GATEWAY, NodeId::A, "info")
+        .unwrap_or_else(|e| panic!("deploying the waypoint: {e:#}\n{}", cluster.diagnostics()));
     assert!(
-        !cluster.captured(&wp),
+        !cluster.captured(&waypoint.pod),
         "the waypoint's own pod is not captured"
     );
-
-    let waypoint = start_waypoint(&cluster, &wp)
-        .unwrap_or_else(|e| panic!("starting the waypoint: {e:#}\n{}", cluster.diagnostics()));
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         panic!(
             "{what}: {e}\n--- waypoint log ---\n{}\n{}",
@@ -344,13 +185,9 @@ spec:
     // Applied once every answer comes from v1 or v2 per the route; v2 is rare, so wait for the
     // route to show in the waypoint's config dump instead.
     wait_until(GENEROUS, "route in the waypoint's config", || {
-        http_in(
-            cluster.netns_of(&wp),
-            "127.0.0.1:15000".parse().unwrap(),
-            "GET",
-            "/config_dump",
-        )
-        .is_ok_and(|(c, b)| c == 200 && b.contains("HTTPRoute wpc/split"))
+        waypoint
+            .admin(&cluster, "/config_dump")
+            .is_ok_and(|(c, b)| c == 200 && b.contains("HTTPRoute wpc/split"))
     })
     .unwrap_or_else(|e| fail("route applied", &e));
     eprintln!(
