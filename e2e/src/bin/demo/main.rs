@@ -6,6 +6,7 @@
 //! capture), shows ztunnel's metrics, an authorization policy and the debug CLI at work, and
 //! removes the label again. Everything it creates is removed at the end, also on Ctrl-C.
 
+mod l7;
 mod observe;
 
 use std::collections::BTreeSet;
@@ -179,6 +180,8 @@ fn run() -> Result<()> {
     observe::metrics(&cluster, &a1, &b1, moved)?;
     check()?;
     observe::policy(&cluster, &a1, &a2, &b1)?;
+    check()?;
+    l7::run(&cluster)?;
     check()?;
     println!("\n== the debug CLI: the workloads node B's ztunnel knows");
     observe::debug_cli(&cluster, &["workloads"])?;
