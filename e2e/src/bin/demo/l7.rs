@@ -24,10 +24,9 @@ const WAIT: Duration = Duration::from_secs(30);
 fn apply(cluster: &Cluster, name: &str, yaml: &str) -> Result<()> {
     let file = cluster.dir.path().join(format!("demo-l7-{name}.yaml"));
     std::fs::write(&file, yaml)?;
-    println!(
-        "$ kubectl apply -f - <<EOF\n{}EOF",
-        yaml.replace("\n", "\n   ").trim_end_matches(' ')
-    );
+    for line in yaml.lines() {
+        println!("   | {line}");
+    }
     kubectl(cluster, &["apply", "-f", &file.to_string_lossy()])
 }
 
