@@ -105,15 +105,17 @@ async fn route_and_forward(
         headers: req.headers(),
     };
     let (rule, matched_path, port) = match &dest {
-        Destination::Service { svc, port } => match cfg.routes.select(svc, *port, &view) {
-            Selected::Unrouted => (
-                Arc::new(Rule::default_for(svc)),
-                PathMatch::Prefix(String::new()),
-                *port,
-            ),
-            Selected::Matched(e) => (e.rule.clone(), e.matcher.path.clone(), *port),
-            Selected::NoMatch => return record.local(LocalReply::NoRoute),
-        },
+        Destination::Service { svc, port } => {
+            match cfg.routes.select(svc, *port, &down.peer.namespace, &view) {
+                Selected::Unrouted => (
+                    Arc::new(Rule::default_for(svc)),
+                    PathMatch::Prefix(String::new()),
+                    *port,
+                ),
+                Selected::Matched(e) => (e.rule.clone(), e.matcher.path.clone(), *port),
+                Selected::NoMatch => return record.local(LocalReply::NoRoute),
+            }
+        }
         Destination::Workload(_) => (
             Arc::new(Rule {
                 backends: Vec::new(),

@@ -97,7 +97,7 @@ fn loads_every_kind() {
         query: None,
         headers: &h,
     };
-    let Selected::Matched(e) = cfg.routes.select(&echo, 80, &view("/api/x")) else {
+    let Selected::Matched(e) = cfg.routes.select(&echo, 80, "demo", &view("/api/x")) else {
         panic!("no match")
     };
     assert_eq!(e.rule.backends.len(), 2);
@@ -108,17 +108,17 @@ fn loads_every_kind() {
     );
     assert_eq!(e.rule.retry.as_ref().unwrap().attempts, 3);
     assert!(matches!(e.rule.filters[0], Filter::RequestHeaders(_)));
-    let Selected::Matched(e) = cfg.routes.select(&echo, 80, &view("/old")) else {
+    let Selected::Matched(e) = cfg.routes.select(&echo, 80, "demo", &view("/old")) else {
         panic!("no match")
     };
     assert!(matches!(e.rule.filters[0], Filter::Redirect(ref r) if r.status == 301));
     assert!(matches!(
-        cfg.routes.select(&echo, 80, &view("/nothing")),
+        cfg.routes.select(&echo, 80, "demo", &view("/nothing")),
         Selected::NoMatch
     ));
     // The parentRef names port 80 only.
     assert!(matches!(
-        cfg.routes.select(&echo, 81, &view("/api")),
+        cfg.routes.select(&echo, 81, "demo", &view("/api")),
         Selected::Unrouted
     ));
     let o = cfg.routes.overlay(&echo, &view("/faulty")).unwrap();
