@@ -153,3 +153,47 @@ fn bad_objects_are_refused_with_file_and_line() {
         assert!(err.contains(text), "{err:?} should mention {text:?}");
     }
 }
+
+#[test]
+fn destination_rule_chooses_the_balancing_policy() {
+    use crate::balance::LbPolicy;
+    let cfg = parse(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: rr, namespace: demo}
+spec:
+  host: echo
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: other-ns, namespace: demo}
+spec:
+  host: api.shop.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: no-lb, namespace: demo}
+spec:
+  host: quiet
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}
+"#,
+    )
+    .unwrap();
+    let policy = |ns, name| cfg.lb_policy(&ServiceRef::new(ns, name));
+    assert_eq!(policy("demo", "echo"), LbPolicy::RoundRobin);
+    assert_eq!(policy("shop", "api"), LbPolicy::Random);
+    // No loadBalancer, or no DestinationRule at all: least-request, as istiod's default.
+    assert_eq!(policy("demo", "quiet"), LbPolicy::LeastRequest);
+    assert_eq!(policy("demo", "unknown"), LbPolicy::LeastRequest);
+    assert!(cfg.objects.contains(&"DestinationRule demo/rr".to_owned()));
+
+    let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: pt, namespace: demo}\nspec:\n  host: echo\n  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}\n";
+    let e = parse(bad).unwrap_err();
+    assert!(
+        e.contains("routes.yaml:1") && e.contains("PASSTHROUGH"),
+        "{e}"
+    );
+}
