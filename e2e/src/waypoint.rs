@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -156,6 +156,7 @@ impl Waypoint {
 pub struct HttpBackend {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpBackend {
@@ -176,12 +177,14 @@ impl HttpBackend {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
         let thread = thread_in(ns, move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let who = who.clone();
-                        std::thread::spawn(move || serve_http(conn, &who));
+                        let (who, log) = (who.clone(), log.clone());
+                        std::thread::spawn(move || serve_http(conn, &who, &log));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -190,7 +193,13 @@ impl HttpBackend {
         Ok(HttpBackend {
             stop,
             thread: Some(thread),
+            seen,
         })
+    }
+
+    /// The report of every request answered so far (what the reply body carried), in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -203,7 +212,7 @@ impl Drop for HttpBackend {
     }
 }
 
-fn serve_http(conn: TcpStream, who: &str) {
+fn serve_http(conn: TcpStream, who: &str, seen: &Mutex<Vec<String>>) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut w = match conn.try_clone() {
@@ -267,6 +276,9 @@ fn serve_http(conn: TcpStream, who: &str) {
         for (k, v) in &headers {
             out += &format!("header {k}={v}\n");
         }
+        seen.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(out.clone());
         let resp = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{out}",
             out.len(),
@@ -393,6 +405,7 @@ impl Reply {
 pub struct HboneClient {
     pool: Pool,
     key: PoolKey,
+    dialer: Dialer,
     _cert: Arc<CertSlot>,
 }
 
@@ -461,13 +474,45 @@ impl HboneClient {
                     .await
             })
         });
-        let pool = Pool::new(dialer, H2Settings::default());
+        let pool = Pool::new(dialer.clone(), H2Settings::default());
         let key = PoolKey::new(id, vec![identity], server);
         Ok(HboneClient {
             pool,
             key,
+            dialer,
             _cert: cert,
         })
+    }
+
+    /// The same client with a pool of its own: its first request opens a new HBONE (TCP and
+    /// TLS) connection, closed when it is dropped. Needs the mesh's runtime entered.
+    pub fn fresh(&self) -> HboneClient {
+        HboneClient {
+            pool: Pool::new(self.dialer.clone(), H2Settings::default()),
+            key: self.key.clone(),
+            dialer: self.dialer.clone(),
+            _cert: self._cert.clone(),
+        }
+    }
+
+    /// A tunnel to `dst` as a byte stream (for raw HTTP/2 or HTTP/1 bytes written by a test).
+    pub async fn duplex(&self, dst: SocketAddr) -> Result<tokio::io::DuplexStream> {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dst.to_string())
+            .body(())?;
+        let tunnel = self.pool.connect(&self.key, req).await?;
+        if tunnel.response.status() != 200 {
+            bail!("CONNECT answered {}", tunnel.response.status());
+        }
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let (send, recv) = (tunnel.send, tunnel.response.into_body());
+        let guard = tunnel.guard;
+        tokio::spawn(async move {
+            let _slot = guard;
+            let _ = meshtunnel::hbone::copy_bidirectional(far, send, recv).await;
+        });
+        Ok(near)
     }
 
     /// Sends `bytes` inside one tunnel to `dst` and returns what comes back until the waypoint
