@@ -29,14 +29,27 @@ use crate::upstream::{self, Endpoint, Io, PickError};
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub retry: Option<Retry>,
+    /// The retry is the default one: only connect failures and resets are retried.
+    pub failures_only: bool,
     pub request_timeout: Option<Duration>,
     pub attempt_timeout: Option<Duration>,
+}
+
+/// Istio's default retry policy (istiod sets it on every route without one): two retries on
+/// connect failure (a refused CONNECT included), Envoy's 25 ms base backoff.
+pub fn default_retry() -> Retry {
+    Retry {
+        attempts: 2,
+        codes: Vec::new(),
+        backoff: Duration::from_millis(25),
+    }
 }
 
 impl Plan {
     pub fn from_rule(rule: &Rule) -> Plan {
         Plan {
             retry: rule.retry.clone(),
+            failures_only: false,
             request_timeout: rule.timeouts.request,
             attempt_timeout: rule.timeouts.backend_request,
         }
@@ -149,8 +162,11 @@ pub async fn run(
                 }
                 Err(AttemptError::Local(reply)) => {
                     last = reply;
+                    // Not resets after the request went out: it may have been processed.
+                    let failure = matches!(reply, LocalReply::ConnectFailure);
                     if last_try
                         || matches!(reply, LocalReply::AllWeightsZero | LocalReply::BadRequest)
+                        || (plan.failures_only && !failure)
                     {
                         return Err(reply);
                     }

@@ -196,8 +196,22 @@ impl Upstreams {
                 addr: ep.addr,
                 source: std::io::Error::other(e),
             })?;
-        let tunnel = tokio::time::timeout(self.connect_timeout, self.pool.connect(&key, req))
+        // The CONNECT runs to its end on a task of its own, even when the request that asked
+        // for it is cancelled (a client resetting its stream): a CONNECT stream dropped before
+        // the endpoint's ztunnel took it counts against that connection's reset limit, and a
+        // client's rapid-reset flood would otherwise make the shared upstream connection
+        // GOAWAY under every other client's requests. An unwanted tunnel is ended cleanly.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (pool, timeout) = (self.pool.clone(), self.connect_timeout);
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(timeout, pool.connect(&key, req)).await;
+            if let Err(Ok(Ok(mut unwanted))) = tx.send(r) {
+                let _ = unwanted.send.send_data(bytes::Bytes::new(), true);
+            }
+        });
+        let tunnel = rx
             .await
+            .map_err(|_| ConnectError::Timeout { addr: hbone_addr })?
             .map_err(|_| ConnectError::Timeout { addr: hbone_addr })?
             .map_err(|source| ConnectError::Io {
                 addr: hbone_addr,
