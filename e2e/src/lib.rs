@@ -8,6 +8,7 @@
 
 pub mod apps;
 pub mod cluster;
+pub mod conformance;
 pub mod mesh;
 pub mod waypoint;
 pub mod wire;

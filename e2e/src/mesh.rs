@@ -120,7 +120,8 @@ fn idx(node: NodeId) -> usize {
     }
 }
 
-fn node_name(node: NodeId) -> &'static str {
+/// The node's name in the config (a workload's `node:`).
+pub fn node_name(node: NodeId) -> &'static str {
     match node {
         NodeId::A => "node-a",
         NodeId::B => "node-b",

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -149,26 +149,42 @@ impl Waypoint {
     }
 }
 
-/// A small HTTP/1.1 server: answers with which pod it is and the request it got. Paths:
+/// A small HTTP/1.1 server: answers like the Gateway API conformance suite's echo backends,
+/// with which pod (and namespace) it is and the request it got. Paths:
 /// `/delay/<ms>` waits first, `/status/<code>` answers that code, `/flaky` answers 503 half
 /// the time, `/pad/<n>` adds `n` bytes to the body; anything else 200.
 pub struct HttpBackend {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpBackend {
-    pub fn start(ns: &Netns, addr: SocketAddr, pod: &'static str) -> Result<HttpBackend> {
+    pub fn start(ns: &Netns, addr: SocketAddr, pod: &str) -> Result<HttpBackend> {
+        Self::start_as(ns, addr, pod, NAMESPACE)
+    }
+
+    /// A backend reporting `pod` in `namespace` (the pod name and namespace it stands for).
+    pub fn start_as(
+        ns: &Netns,
+        addr: SocketAddr,
+        pod: &str,
+        namespace: &str,
+    ) -> Result<HttpBackend> {
+        let who: Arc<str> = format!("pod={pod}\nnamespace={namespace}\n").into();
         let listener = run_in(ns, || TcpListener::bind(addr))
             .with_context(|| format!("binding HTTP backend on {addr} in {}", ns.name()))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
         let thread = thread_in(ns, move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        std::thread::spawn(move || serve_http(conn, pod));
+                        let (who, log) = (who.clone(), log.clone());
+                        std::thread::spawn(move || serve_http(conn, &who, &log));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -177,7 +193,13 @@ impl HttpBackend {
         Ok(HttpBackend {
             stop,
             thread: Some(thread),
+            seen,
         })
+    }
+
+    /// The report of every request answered so far (what the reply body carried), in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -190,7 +212,7 @@ impl Drop for HttpBackend {
     }
 }
 
-fn serve_http(conn: TcpStream, pod: &str) {
+fn serve_http(conn: TcpStream, who: &str, seen: &Mutex<Vec<String>>) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut w = match conn.try_clone() {
@@ -248,12 +270,15 @@ fn serve_http(conn: TcpStream, pod: &str) {
         }
         // `req` is the request's position on its TCP connection: 2 and up show reuse.
         let mut out = format!(
-            "pod={pod}\nreq={seq}\nmethod={method}\ntarget={target}\nbody={}\n",
+            "{who}req={seq}\nmethod={method}\ntarget={target}\nbody={}\n",
             body.len()
         );
         for (k, v) in &headers {
             out += &format!("header {k}={v}\n");
         }
+        seen.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(out.clone());
         let resp = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{out}",
             out.len(),
@@ -273,7 +298,18 @@ pub struct GrpcBackend {
 }
 
 impl GrpcBackend {
-    pub fn start(ns: &Netns, addr: SocketAddr, pod: &'static str) -> Result<GrpcBackend> {
+    pub fn start(ns: &Netns, addr: SocketAddr, pod: &str) -> Result<GrpcBackend> {
+        Self::start_as(ns, addr, pod, NAMESPACE)
+    }
+
+    /// A backend reporting `pod` in `namespace`.
+    pub fn start_as(
+        ns: &Netns,
+        addr: SocketAddr,
+        pod: &str,
+        namespace: &str,
+    ) -> Result<GrpcBackend> {
+        let who: Arc<str> = format!("pod={pod}\nnamespace={namespace}\n").into();
         let listener = run_in(ns, || TcpListener::bind(addr))
             .with_context(|| format!("binding gRPC backend on {addr} in {}", ns.name()))?;
         listener.set_nonblocking(true)?;
@@ -292,7 +328,7 @@ impl GrpcBackend {
                     else {
                         continue;
                     };
-                    tokio::spawn(serve_grpc(tcp, pod));
+                    tokio::spawn(serve_grpc(tcp, who.clone()));
                 }
             });
         });
@@ -312,12 +348,12 @@ impl Drop for GrpcBackend {
     }
 }
 
-async fn serve_grpc(tcp: tokio::net::TcpStream, pod: &'static str) {
+async fn serve_grpc(tcp: tokio::net::TcpStream, who: Arc<str>) {
     let Ok(mut conn) = h2::server::handshake(tcp).await else {
         return;
     };
     while let Some(Ok((req, mut respond))) = conn.accept().await {
-        let body = format!("pod={pod}\npath={}\n", req.uri().path());
+        let body = format!("{who}path={}\n", req.uri().path());
         let resp = http::Response::builder()
             .status(200)
             .header("content-type", "application/grpc")
@@ -343,7 +379,24 @@ pub struct Reply {
 impl Reply {
     /// The pod that answered, from the backend's report.
     pub fn pod(&self) -> Option<&str> {
-        self.body.lines().find_map(|l| l.strip_prefix("pod="))
+        self.field("pod")
+    }
+
+    /// A `name=value` line of the backend's report (pod, namespace, method, target, ...).
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    /// Every value the backend received for request header `name` (lower-case), in order.
+    pub fn request_header(&self, name: &str) -> Vec<&str> {
+        self.body
+            .lines()
+            .filter_map(|l| l.strip_prefix("header ")?.split_once('='))
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect()
     }
 }
 
@@ -352,6 +405,7 @@ impl Reply {
 pub struct HboneClient {
     pool: Pool,
     key: PoolKey,
+    dialer: Dialer,
     _cert: Arc<CertSlot>,
 }
 
@@ -369,13 +423,25 @@ impl HboneClient {
         server: SocketAddr,
         identity: Identity,
     ) -> Result<HboneClient> {
-        let ca = LocalCa::load_or_create(&mesh.ca_dir(), TRUST_DOMAIN)?;
-        let tls = TlsContext::new(&[ca.root().clone()], TRUST_DOMAIN)?;
         let id = Identity::new(
             TRUST_DOMAIN,
             NAMESPACE,
             &mesh.spec(from_pod).service_account,
         );
+        Self::with_identity(mesh, from_pod, server, identity, id)
+    }
+
+    /// [`HboneClient::to`] presenting `id`'s certificate instead of the pod's own (a client
+    /// that stands for a pod of another namespace).
+    pub fn with_identity(
+        mesh: &Mesh,
+        from_pod: &str,
+        server: SocketAddr,
+        identity: Identity,
+        id: Identity,
+    ) -> Result<HboneClient> {
+        let ca = LocalCa::load_or_create(&mesh.ca_dir(), TRUST_DOMAIN)?;
+        let tls = TlsContext::new(&[ca.root().clone()], TRUST_DOMAIN)?;
         let certs = {
             let _guard = mesh.rt.enter();
             CertManager::new(Arc::new(ca), Duration::from_secs(3600))
@@ -408,13 +474,45 @@ impl HboneClient {
                     .await
             })
         });
-        let pool = Pool::new(dialer, H2Settings::default());
+        let pool = Pool::new(dialer.clone(), H2Settings::default());
         let key = PoolKey::new(id, vec![identity], server);
         Ok(HboneClient {
             pool,
             key,
+            dialer,
             _cert: cert,
         })
+    }
+
+    /// The same client with a pool of its own: its first request opens a new HBONE (TCP and
+    /// TLS) connection, closed when it is dropped. Needs the mesh's runtime entered.
+    pub fn fresh(&self) -> HboneClient {
+        HboneClient {
+            pool: Pool::new(self.dialer.clone(), H2Settings::default()),
+            key: self.key.clone(),
+            dialer: self.dialer.clone(),
+            _cert: self._cert.clone(),
+        }
+    }
+
+    /// A tunnel to `dst` as a byte stream (for raw HTTP/2 or HTTP/1 bytes written by a test).
+    pub async fn duplex(&self, dst: SocketAddr) -> Result<tokio::io::DuplexStream> {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(dst.to_string())
+            .body(())?;
+        let tunnel = self.pool.connect(&self.key, req).await?;
+        if tunnel.response.status() != 200 {
+            bail!("CONNECT answered {}", tunnel.response.status());
+        }
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let (send, recv) = (tunnel.send, tunnel.response.into_body());
+        let guard = tunnel.guard;
+        tokio::spawn(async move {
+            let _slot = guard;
+            let _ = meshtunnel::hbone::copy_bidirectional(far, send, recv).await;
+        });
+        Ok(near)
     }
 
     /// Sends `bytes` inside one tunnel to `dst` and returns what comes back until the waypoint
@@ -519,6 +617,19 @@ impl HboneClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Reply> {
+        self.request_to_host(dst, method, path, "echo", headers)
+            .await
+    }
+
+    /// [`HboneClient::request`] with `Host: host`, unless `headers` carry a Host of their own.
+    pub async fn request_to_host(
+        &self,
+        dst: SocketAddr,
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(dst.to_string())
@@ -528,9 +639,16 @@ impl HboneClient {
             if tunnel.response.status() != 200 {
                 bail!("CONNECT answered {}", tunnel.response.status());
             }
+            let host = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+                .map_or(host, |(_, v)| v);
             let mut head =
-                format!("{method} {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n");
-            for (k, v) in headers {
+                format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+            for (k, v) in headers
+                .iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+            {
                 head += &format!("{k}: {v}\r\n");
             }
             head += "Content-Length: 0\r\n\r\n";

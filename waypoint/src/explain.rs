@@ -70,7 +70,7 @@ pub fn explain(snap: &ConfigSnapshot, cfg: &WaypointConfig, q: &Query) -> Value 
     let (destination, route) = match &dest {
         Destination::Service { svc, port } => (
             json!({"service": svc.to_string(), "port": port}),
-            match cfg.routes.select(svc, *port, &view) {
+            match cfg.routes.select(svc, *port, ns.unwrap_or(""), &view) {
                 Selected::Unrouted => json!({"route": "none attached: the service itself"}),
                 Selected::NoMatch => json!({"route": "routes attached, none matches: 404"}),
                 Selected::Matched(e) => json!({

@@ -4,6 +4,7 @@
 //! the per-attempt and whole-request timeouts.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,14 +29,27 @@ use crate::upstream::{self, Endpoint, Io, PickError};
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub retry: Option<Retry>,
+    /// The retry is the default one: only connect failures and resets are retried.
+    pub failures_only: bool,
     pub request_timeout: Option<Duration>,
     pub attempt_timeout: Option<Duration>,
+}
+
+/// Istio's default retry policy (istiod sets it on every route without one): two retries on
+/// connect failure (a refused CONNECT included), Envoy's 25 ms base backoff.
+pub fn default_retry() -> Retry {
+    Retry {
+        attempts: 2,
+        codes: Vec::new(),
+        backoff: Duration::from_millis(25),
+    }
 }
 
 impl Plan {
     pub fn from_rule(rule: &Rule) -> Plan {
         Plan {
             retry: rule.retry.clone(),
+            failures_only: false,
             request_timeout: rule.timeouts.request,
             attempt_timeout: rule.timeouts.backend_request,
         }
@@ -148,8 +162,11 @@ pub async fn run(
                 }
                 Err(AttemptError::Local(reply)) => {
                     last = reply;
+                    // Not resets after the request went out: it may have been processed.
+                    let failure = matches!(reply, LocalReply::ConnectFailure);
                     if last_try
                         || matches!(reply, LocalReply::AllWeightsZero | LocalReply::BadRequest)
+                        || (plan.failures_only && !failure)
                     {
                         return Err(reply);
                     }
@@ -205,7 +222,8 @@ async fn attempt_once(
                 }
             })?;
             record.set_backend(&svc);
-            (shared.upstreams.order(&svc, bport, eps), filters)
+            let policy = shared.config.current().lb_policy(&svc);
+            (shared.upstreams.order(&svc, bport, policy, eps), filters)
         }
     };
     let mut sender = None;
@@ -215,7 +233,7 @@ async fn attempt_once(
         if let Some(mut s) = down.clients.take(&key) {
             if s.ready().await {
                 record.set_endpoint(&ep.workload);
-                sender = Some((key, s));
+                sender = Some((key, s, ep));
                 break;
             }
         }
@@ -223,7 +241,7 @@ async fn attempt_once(
             Ok(io) => match handshake(io, attempt.h2).await {
                 Ok(s) => {
                     record.set_endpoint(&ep.workload);
-                    sender = Some((key, s));
+                    sender = Some((key, s, ep));
                     break;
                 }
                 Err(e) => tracing::debug!(endpoint = %ep.addr, error = %e, "HTTP handshake failed"),
@@ -233,9 +251,11 @@ async fn attempt_once(
             }
         }
     }
-    let Some((key, mut sender)) = sender else {
+    let Some((key, mut sender, ep)) = sender else {
         return Err(AttemptError::Local(LocalReply::ConnectFailure));
     };
+    // In flight from the send until the response body ends (or is dropped).
+    let in_flight = shared.upstreams.start_request(ep);
     let mut headers = attempt.headers.clone();
     let mut response_mods = Vec::new();
     for f in filters {
@@ -269,6 +289,8 @@ async fn attempt_once(
     for m in response_mods {
         modify_headers(&mut parts.headers, m);
     }
+    let ended: Box<dyn FnOnce() + Send> = Box::new(move || drop(in_flight));
+    let b = body::Counted::new(b, Arc::new(AtomicU64::new(0)), Some(ended));
     Ok(Response::from_parts(parts, body::boxed(b)))
 }
 
@@ -350,7 +372,8 @@ pub fn mirror(
             tracing::debug!(service = %svc, "mirror target has no endpoint");
             return;
         };
-        let eps = shared.upstreams.order(&svc, port, eps);
+        let policy = shared.config.current().lb_policy(&svc);
+        let eps = shared.upstreams.order(&svc, port, policy, eps);
         let Ok(io) = shared.upstreams.open(&eps[0], down.client).await else {
             return;
         };

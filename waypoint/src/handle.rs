@@ -105,15 +105,17 @@ async fn route_and_forward(
         headers: req.headers(),
     };
     let (rule, matched_path, port) = match &dest {
-        Destination::Service { svc, port } => match cfg.routes.select(svc, *port, &view) {
-            Selected::Unrouted => (
-                Arc::new(Rule::default_for(svc)),
-                PathMatch::Prefix(String::new()),
-                *port,
-            ),
-            Selected::Matched(e) => (e.rule.clone(), e.matcher.path.clone(), *port),
-            Selected::NoMatch => return record.local(LocalReply::NoRoute),
-        },
+        Destination::Service { svc, port } => {
+            match cfg.routes.select(svc, *port, &down.peer.namespace, &view) {
+                Selected::Unrouted => (
+                    Arc::new(Rule::default_for(svc)),
+                    PathMatch::Prefix(String::new()),
+                    *port,
+                ),
+                Selected::Matched(e) => (e.rule.clone(), e.matcher.path.clone(), *port),
+                Selected::NoMatch => return record.local(LocalReply::NoRoute),
+            }
+        }
         Destination::Workload(_) => (
             Arc::new(Rule {
                 backends: Vec::new(),
@@ -198,7 +200,16 @@ async fn route_and_forward(
     }
 
     let needs_buffer = plan.retry.as_ref().is_some_and(|r| r.attempts > 0) || !mirrors.is_empty();
-    let req_body = if needs_buffer {
+    if plan.retry.is_none() {
+        // Istio's default: a request no route or VirtualService sets retries for is retried
+        // twice on connect failures (when its body can be sent again: an empty one; a
+        // streamed body is never buffered for this).
+        plan.retry = Some(forward::default_retry());
+        plan.failures_only = true;
+    }
+    let req_body = if !needs_buffer && hyper::body::Body::is_end_stream(&incoming) {
+        ReqBody::Buffered(bytes::Bytes::new())
+    } else if needs_buffer {
         match forward::buffer(incoming, shared.limits.retry_buffer).await {
             Ok(b) => ReqBody::Buffered(b),
             Err(reply) => return record.local(reply),

@@ -5,6 +5,7 @@
 mod admin;
 mod app;
 mod authz;
+mod balance;
 mod body;
 mod client_pool;
 mod cluster;

@@ -1,5 +1,6 @@
 //! Opaque TCP through the waypoint: no route or L7 policy applies; the stream goes to an
-//! endpoint of the destination (a service's, round robin, or the addressed pod) as is.
+//! endpoint of the destination (a service's, by its balancing policy, or the addressed pod)
+//! as is. A connection counts as one request in flight for least-request balancing.
 
 use std::sync::Arc;
 
@@ -15,7 +16,10 @@ where
     let snap = shared.mesh.current();
     let eps = match Destination::resolve(&snap, down.dst) {
         Some(Destination::Service { svc, port }) => match upstream::endpoints(&snap, &svc, port) {
-            Ok(eps) => shared.upstreams.order(&svc, port, eps),
+            Ok(eps) => {
+                let policy = shared.config.current().lb_policy(&svc);
+                shared.upstreams.order(&svc, port, policy, eps)
+            }
             Err(e) => {
                 tracing::info!(dst = %down.dst, error = %e, "TCP through waypoint: no endpoint");
                 return;
@@ -31,6 +35,7 @@ where
     for ep in &eps {
         match shared.upstreams.open(ep, down.client).await {
             Ok(mut up) => {
+                let _in_flight = shared.upstreams.start_request(ep);
                 let r = tokio::io::copy_bidirectional(&mut io, &mut up).await;
                 tracing::event!(target: "access", tracing::Level::INFO, src.addr = %down.client, src.identity = %down.peer,
                     dst.addr = %down.dst, endpoint = %ep.addr, result = ?r.as_ref().map_err(|e| e.to_string()),

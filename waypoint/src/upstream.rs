@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::balance::{self, LbPolicy, Rolls};
 use crate::route::ServiceRef;
 
 /// A byte stream to an endpoint, whatever carries it.
@@ -92,7 +94,22 @@ pub struct Upstreams {
     connect_timeout: Duration,
     /// Round-robin position per service port.
     rr: Mutex<HashMap<(ServiceRef, u16), usize>>,
+    /// Requests in flight per endpoint (least-request balancing).
+    in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
 }
+
+/// Counts one request in flight to an endpoint until dropped (when its response ends).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Endpoints whose counters are kept without a request in flight before idle ones are
+/// dropped (endpoints come and go with the config).
+const IN_FLIGHT_KEEP: usize = 1024;
 
 impl Upstreams {
     pub fn new(
@@ -107,21 +124,46 @@ impl Upstreams {
             identity,
             connect_timeout,
             rr: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Endpoints in the order to try them: round robin, so each request starts one further.
-    pub fn order(&self, svc: &ServiceRef, port: u16, mut eps: Vec<Endpoint>) -> Vec<Endpoint> {
-        let start = {
+    /// Endpoints in the order to try them: `policy`'s choice first, then the others.
+    pub fn order(
+        &self,
+        svc: &ServiceRef,
+        port: u16,
+        policy: LbPolicy,
+        eps: Vec<Endpoint>,
+    ) -> Vec<Endpoint> {
+        let rr = if policy == LbPolicy::RoundRobin {
             let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
             let n = rr.entry((svc.clone(), port)).or_insert(0);
             let s = *n;
             *n = n.wrapping_add(1);
             s
+        } else {
+            0
         };
-        let len = eps.len();
-        eps.rotate_left(start % len.max(1));
-        eps
+        let (a, b) = {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            (rng.random::<u64>(), rng.random::<u64>())
+        };
+        let counts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let load = |e: &Endpoint| counts.get(&e.addr).map_or(0, |c| c.load(Ordering::Relaxed));
+        balance::order(policy, eps, load, Rolls { rr, a, b })
+    }
+
+    /// Counts a request to `ep` as in flight until the returned guard drops.
+    pub fn start_request(&self, ep: &Endpoint) -> InFlight {
+        let mut counts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= IN_FLIGHT_KEEP {
+            counts.retain(|_, c| c.load(Ordering::Relaxed) > 0);
+        }
+        let c = counts.entry(ep.addr).or_default().clone();
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
     }
 
     /// Opens a stream to `ep`: HBONE when the endpoint is meshed, plain TCP otherwise.
@@ -154,8 +196,22 @@ impl Upstreams {
                 addr: ep.addr,
                 source: std::io::Error::other(e),
             })?;
-        let tunnel = tokio::time::timeout(self.connect_timeout, self.pool.connect(&key, req))
+        // The CONNECT runs to its end on a task of its own, even when the request that asked
+        // for it is cancelled (a client resetting its stream): a CONNECT stream dropped before
+        // the endpoint's ztunnel took it counts against that connection's reset limit, and a
+        // client's rapid-reset flood would otherwise make the shared upstream connection
+        // GOAWAY under every other client's requests. An unwanted tunnel is ended cleanly.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (pool, timeout) = (self.pool.clone(), self.connect_timeout);
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(timeout, pool.connect(&key, req)).await;
+            if let Err(Ok(Ok(mut unwanted))) = tx.send(r) {
+                let _ = unwanted.send.send_data(bytes::Bytes::new(), true);
+            }
+        });
+        let tunnel = rx
             .await
+            .map_err(|_| ConnectError::Timeout { addr: hbone_addr })?
             .map_err(|_| ConnectError::Timeout { addr: hbone_addr })?
             .map_err(|source| ConnectError::Io {
                 addr: hbone_addr,

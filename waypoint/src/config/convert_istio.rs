@@ -8,6 +8,7 @@ use http::Method;
 use super::convert::{anchored, duration, Result};
 use super::objects::*;
 use crate::authz;
+use crate::balance::LbPolicy;
 use crate::route::{Fault, Overlay, PathMatch, RequestMatch, Retry, ServiceRef, ValueMatch};
 
 /// "name", "name.ns", "name.ns.svc", "name.ns.svc.<domain>" → the Service it names.
@@ -303,4 +304,22 @@ pub fn app_protocol(p: &ServicePort) -> Option<AppProtocol> {
         .as_deref()
         .and_then(from)
         .or_else(|| p.name.as_deref().and_then(from))
+}
+
+/// A DestinationRule's balancing policy for the service its `host` names; `None` when it sets
+/// no `loadBalancer.simple` (the default then applies).
+pub fn destination_rule(
+    spec: &DestinationRuleSpec,
+    ns: &str,
+) -> Result<Option<(ServiceRef, LbPolicy)>> {
+    let svc = host_to_service(&spec.host, ns)
+        .ok_or_else(|| format!("host {:?} does not name a service", spec.host))?;
+    let simple = spec
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.load_balancer.as_ref())
+        .and_then(|l| l.simple.as_deref());
+    simple
+        .map(|s| LbPolicy::from_simple(s).map(|p| (svc, p)))
+        .transpose()
 }

@@ -165,6 +165,14 @@ pub fn parse_documents(
                             .map_err(named)?,
                     );
                 }
+                ("networking.istio.io", "DestinationRule") => {
+                    let spec: DestinationRuleSpec = typed(&doc).map_err(typed_err)?;
+                    if let Some((svc, p)) =
+                        convert_istio::destination_rule(&spec, &ns).map_err(named)?
+                    {
+                        cfg.lb.insert(svc, p);
+                    }
+                }
                 ("security.istio.io", "AuthorizationPolicy") => {
                     let spec: AuthzSpec = typed(&doc).map_err(typed_err)?;
                     if let Some(p) = convert_istio::authorization_policy(

@@ -1,5 +1,6 @@
 //! The waypoint's configuration in file mode: a directory of Kubernetes YAML objects
-//! (HTTPRoute, GRPCRoute, VirtualService, AuthorizationPolicy, Service) turned into one
+//! (HTTPRoute, GRPCRoute, VirtualService, DestinationRule, AuthorizationPolicy, Service) turned
+//! into one
 //! immutable [`WaypointConfig`], plus the local workload/service file ztunnel reads.
 
 mod convert;
@@ -17,6 +18,7 @@ pub use watch::spawn_dir_watcher;
 use std::collections::HashMap;
 
 use crate::authz::Policy;
+use crate::balance::LbPolicy;
 use crate::route::{RouteTable, ServiceRef};
 
 /// One generation of route/policy config.
@@ -26,8 +28,18 @@ pub struct WaypointConfig {
     pub policies: Vec<Policy>,
     /// Protocols declared by core/v1 Service objects (appProtocol or port name prefix).
     pub protocols: HashMap<(ServiceRef, u16), AppProtocol>,
+    /// Endpoint balancing per service (DestinationRule `trafficPolicy.loadBalancer`).
+    pub lb: HashMap<ServiceRef, LbPolicy>,
     /// Objects loaded, as "Kind ns/name" (config_dump).
     pub objects: Vec<String>,
+}
+
+impl WaypointConfig {
+    /// The balancing policy for `svc`'s endpoints: its DestinationRule's, else least-request
+    /// (what istiod configures when a DestinationRule sets none).
+    pub fn lb_policy(&self, svc: &ServiceRef) -> LbPolicy {
+        self.lb.get(svc).copied().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

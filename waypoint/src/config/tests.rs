@@ -97,7 +97,7 @@ fn loads_every_kind() {
         query: None,
         headers: &h,
     };
-    let Selected::Matched(e) = cfg.routes.select(&echo, 80, &view("/api/x")) else {
+    let Selected::Matched(e) = cfg.routes.select(&echo, 80, "demo", &view("/api/x")) else {
         panic!("no match")
     };
     assert_eq!(e.rule.backends.len(), 2);
@@ -108,17 +108,17 @@ fn loads_every_kind() {
     );
     assert_eq!(e.rule.retry.as_ref().unwrap().attempts, 3);
     assert!(matches!(e.rule.filters[0], Filter::RequestHeaders(_)));
-    let Selected::Matched(e) = cfg.routes.select(&echo, 80, &view("/old")) else {
+    let Selected::Matched(e) = cfg.routes.select(&echo, 80, "demo", &view("/old")) else {
         panic!("no match")
     };
     assert!(matches!(e.rule.filters[0], Filter::Redirect(ref r) if r.status == 301));
     assert!(matches!(
-        cfg.routes.select(&echo, 80, &view("/nothing")),
+        cfg.routes.select(&echo, 80, "demo", &view("/nothing")),
         Selected::NoMatch
     ));
     // The parentRef names port 80 only.
     assert!(matches!(
-        cfg.routes.select(&echo, 81, &view("/api")),
+        cfg.routes.select(&echo, 81, "demo", &view("/api")),
         Selected::Unrouted
     ));
     let o = cfg.routes.overlay(&echo, &view("/faulty")).unwrap();
@@ -152,4 +152,48 @@ fn bad_objects_are_refused_with_file_and_line() {
         assert!(err.starts_with(&want), "{err:?} should start with {want:?}");
         assert!(err.contains(text), "{err:?} should mention {text:?}");
     }
+}
+
+#[test]
+fn destination_rule_chooses_the_balancing_policy() {
+    use crate::balance::LbPolicy;
+    let cfg = parse(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: rr, namespace: demo}
+spec:
+  host: echo
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: other-ns, namespace: demo}
+spec:
+  host: api.shop.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: no-lb, namespace: demo}
+spec:
+  host: quiet
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}
+"#,
+    )
+    .unwrap();
+    let policy = |ns, name| cfg.lb_policy(&ServiceRef::new(ns, name));
+    assert_eq!(policy("demo", "echo"), LbPolicy::RoundRobin);
+    assert_eq!(policy("shop", "api"), LbPolicy::Random);
+    // No loadBalancer, or no DestinationRule at all: least-request, as istiod's default.
+    assert_eq!(policy("demo", "quiet"), LbPolicy::LeastRequest);
+    assert_eq!(policy("demo", "unknown"), LbPolicy::LeastRequest);
+    assert!(cfg.objects.contains(&"DestinationRule demo/rr".to_owned()));
+
+    let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: pt, namespace: demo}\nspec:\n  host: echo\n  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}\n";
+    let e = parse(bad).unwrap_err();
+    assert!(
+        e.contains("routes.yaml:1") && e.contains("PASSTHROUGH"),
+        "{e}"
+    );
 }

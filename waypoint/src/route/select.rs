@@ -75,12 +75,34 @@ impl RouteTable {
         }
     }
 
-    pub fn select(&self, svc: &ServiceRef, port: u16, req: &RequestView<'_>) -> Selected<'_> {
+    /// The rule for a request to `svc:port` from a client in `client_ns`. Routes in the
+    /// service's own namespace (producer routes) apply to every client; a route in another
+    /// namespace (a consumer route, GEP-1294) applies only to clients in that namespace, and
+    /// for them it replaces the producer routes of that service port.
+    pub fn select(
+        &self,
+        svc: &ServiceRef,
+        port: u16,
+        client_ns: &str,
+        req: &RequestView<'_>,
+    ) -> Selected<'_> {
         let Some(list) = self.by_service.get(svc) else {
             return Selected::Unrouted;
         };
+        let on_port = |e: &&Entry| e.port.is_none_or(|p| p == port);
+        let consumer = |e: &Entry| e.rule.route.namespace != svc.namespace;
+        let own_consumer = list
+            .iter()
+            .filter(on_port)
+            .any(|e| consumer(e) && e.rule.route.namespace == client_ns);
         let mut attached = false;
-        for e in list.iter().filter(|e| e.port.is_none_or(|p| p == port)) {
+        for e in list.iter().filter(on_port).filter(|e| {
+            if own_consumer {
+                e.rule.route.namespace == client_ns
+            } else {
+                !consumer(e)
+            }
+        }) {
             attached = true;
             if matches(&e.matcher, req) {
                 return Selected::Matched(e);

@@ -59,7 +59,7 @@ fn pick(
         query,
         headers,
     };
-    match table.select(&ServiceRef::new("demo", "echo"), 80, &view) {
+    match table.select(&ServiceRef::new("demo", "echo"), 80, "demo", &view) {
         Selected::Matched(e) => Some(format!("{}#{}", e.rule.route.name, e.rule.index)),
         Selected::NoMatch => None,
         Selected::Unrouted => Some("unrouted".into()),
@@ -197,11 +197,14 @@ fn no_route_attached_vs_no_match() {
         headers: &h,
     };
     assert!(matches!(
-        t.select(&ServiceRef::new("demo", "echo"), 8080, &view),
+        t.select(&ServiceRef::new("demo", "echo"), 8080, "demo", &view),
         Selected::NoMatch
     ));
     let other = ServiceRef::new("demo", "other");
-    assert!(matches!(t.select(&other, 8080, &view), Selected::Unrouted));
+    assert!(matches!(
+        t.select(&other, 8080, "demo", &view),
+        Selected::Unrouted
+    ));
 }
 
 #[test]
@@ -407,4 +410,43 @@ fn weighted_pick_is_proportional_and_zero_weights_pick_nothing() {
     assert_eq!(counts, [90, 10, 0]);
     assert!(pick_backend(&[b("a", 0), b("b", 0)], 7).is_none());
     assert!(pick_backend(&[], 7).is_none());
+}
+
+#[test]
+fn consumer_routes_apply_only_to_their_namespace() {
+    // A producer route in the service's namespace and a consumer route in "shop".
+    let producer = rule("demo", "producer", "", 0);
+    let consumer = rule("shop", "consumer", "", 0);
+    let t = RouteTable::new(
+        vec![
+            entry(prefix("/"), &producer),
+            entry(exact("/only-consumer"), &consumer),
+        ],
+        vec![],
+    );
+    let h = HeaderMap::new();
+    let name = |client_ns: &str, path: &str| {
+        let view = RequestView {
+            method: &Method::GET,
+            path,
+            query: None,
+            headers: &h,
+        };
+        match t.select(&ServiceRef::new("demo", "echo"), 80, client_ns, &view) {
+            Selected::Matched(e) => e.rule.route.name.clone(),
+            Selected::NoMatch => "404".into(),
+            Selected::Unrouted => "unrouted".into(),
+        }
+    };
+    let cases = [
+        // Clients of the producer's namespace and of a third one see the producer route.
+        ("demo", "/only-consumer", "producer"),
+        ("other", "/x", "producer"),
+        // A client of "shop" sees only its consumer route: the producer route is replaced.
+        ("shop", "/only-consumer", "consumer"),
+        ("shop", "/x", "404"),
+    ];
+    for (ns, path, want) in cases {
+        assert_eq!(name(ns, path), want, "client in {ns} asking {path}");
+    }
 }

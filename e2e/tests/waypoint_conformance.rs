@@ -1,0 +1,71 @@
+//! The Gateway API conformance suite's mesh profile through the waypoint, in file mode: every
+//! test of upstream's `conformance/tests/mesh/` (manifests read from the suite, cases from
+//! `meshtunnel_e2e::conformance`) against the waypoint between real ztunnels. Needs root, the
+//! built binaries, and the suite (`MESHTUNNEL_GATEWAY_API_DIR`, exported by scripts/test.sh).
+
+use std::collections::BTreeSet;
+
+use meshtunnel_e2e::conformance::{upstream, FileDir, Harness, MeshTest, ALL};
+
+/// Every `ShortName` the suite's mesh tests declare: a test added upstream must be ported
+/// (or listed as not ported) before this passes.
+fn upstream_names(suite: &std::path::Path) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for e in std::fs::read_dir(suite.join("tests/mesh")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "go") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            for l in text.lines() {
+                if let Some(rest) = l.trim().strip_prefix("ShortName:") {
+                    names.insert(
+                        rest.trim()
+                            .trim_matches(|c| c == '"' || c == ',')
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn gateway_api_mesh_conformance_file_mode() {
+    let suite = upstream::suite_dir().unwrap();
+    let ported: BTreeSet<String> = ALL.iter().map(|t| t.name.to_owned()).collect();
+    let upstream = upstream_names(&suite);
+    assert_eq!(
+        upstream.difference(&ported).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "upstream mesh tests not ported"
+    );
+
+    let h = Harness::start(suite).unwrap();
+    let src = FileDir { harness: &h };
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for t in ALL {
+        let failed = h.run(&src, t).unwrap_or_else(|e| {
+            panic!("{}: {e:#}\n--- waypoint ---\n{}", t.name, h.waypoint.logs())
+        });
+        report.push(line(t, failed.is_empty()));
+        failures.extend(failed);
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing case(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn line(t: &MeshTest, pass: bool) -> String {
+    format!(
+        "{:<45} {:<9} {:<8} {}",
+        t.name,
+        t.profile(),
+        if t.core() { "core" } else { "extended" },
+        if pass { "PASS" } else { "FAIL" }
+    )
+}
