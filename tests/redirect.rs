@@ -111,9 +111,18 @@ fn install_idempotent_uninstall_restores(backend: Backend) {
     let ns = Netns::create(&format!("{}-p", unique_prefix())).unwrap();
     let cfg = RedirectConfig::default();
     let before = snapshot(&ns);
+    let host_sysctl = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap();
     assert!(!redirect::is_installed(&ns.path(), backend).unwrap());
+    assert!(!redirect::listener_migration_enabled(&ns.path()).unwrap());
     redirect::install(&ns.path(), backend, &cfg).unwrap();
     assert_installed(&ns, backend);
+    // A closing ztunnel listener hands its queue to the new one (upgrade without resets).
+    assert!(redirect::listener_migration_enabled(&ns.path()).unwrap());
+    // ...and only in this pod: our own namespace is untouched.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap(),
+        host_sysctl
+    );
     assert!(redirect::is_installed(&ns.path(), backend).unwrap());
     let once = snapshot(&ns);
     redirect::install(&ns.path(), backend, &cfg).unwrap();
