@@ -256,6 +256,10 @@ impl WorkloadManager {
         for l in &lives {
             l.close();
         }
+        // The cut connections close with FIN (see proxy::CLOSE_BUDGET); exiting before they
+        // have would leave the kernel to reset them.
+        let closing = futures_util::future::join_all(lives.iter().map(|l| l.tracker.wait()));
+        let _ = tokio::time::timeout(proxy::CLOSE_BUDGET, closing).await;
     }
 }
 

@@ -41,9 +41,13 @@ pub(super) async fn handle(
     let Some(client) = peer_identity(tls.get_ref().1.peer_certificates()) else {
         return; // unreachable with our verifier; refuse rather than assume.
     };
-    let stop = inputs.life.force_close.clone();
+    let (drain, stop) = (
+        inputs.life.stop_accept.clone(),
+        inputs.life.force_close.clone(),
+    );
     let h2 = inputs.h2.clone();
-    let result = hbone::serve_connection(tls, &h2, stop, |req, respond| {
+    // A drain (ztunnel stopping, pod removed) sends the peer's new streams to the new ztunnel.
+    let result = hbone::serve_draining(tls, &h2, drain, stop, |req, respond| {
         stream(
             inputs.clone(),
             live.clone(),

@@ -152,6 +152,47 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Ends a connection cut by a deadline or a Del with a FIN, not a RST: a socket closed with
+/// unread bytes in its receive queue sends RST, so after the handler has had a moment to close
+/// its own way (an HBONE connection sends GOAWAY and TLS close_notify), we shut down our side
+/// and discard what the peer still sends until its FIN, bounded by [`CLOSE_LINGER`].
+async fn close_gracefully<F: std::future::Future<Output = ()>>(
+    fd: std::os::fd::RawFd,
+    mut fut: std::pin::Pin<&mut F>,
+) {
+    if tokio::time::timeout(HANDLER_CLOSE_GRACE, &mut fut)
+        .await
+        .is_ok()
+    {
+        return; // the handler finished and closed the socket itself
+    }
+    // SAFETY: `fut` owns the socket and is alive (pinned, not finished), so `fd` is still that
+    // socket; the handler is not polled while we use it.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&sock);
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let until = tokio::time::Instant::now() + CLOSE_LINGER;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    while tokio::time::Instant::now() < until {
+        match sock.recv_with_flags(&mut buf, nix::libc::MSG_DONTWAIT) {
+            Ok(0) => break, // the peer's FIN: nothing left that could trigger a RST
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// How long a cut connection's handler gets to close its own way (GOAWAY, close_notify).
+const HANDLER_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a cut connection waits for the peer's FIN after ours.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Upper bound for a cut connection to be closed, for a caller that must not leave earlier.
+pub const CLOSE_BUDGET: std::time::Duration = HANDLER_CLOSE_GRACE
+    .saturating_add(CLOSE_LINGER.saturating_add(std::time::Duration::from_millis(100)));
+
 async fn accept_loop<F, Fut>(inputs: Arc<ProxyInputs>, listener: TcpListener, handle: F)
 where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
@@ -165,9 +206,16 @@ where
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
                     let stop = life.force_close.clone();
+                    // Only the number: the socket itself stays with the handler. Valid while
+                    // `fut` (which owns the socket) is alive.
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
                     let fut = handle(s, peer);
                     life.tracker.spawn(async move {
-                        tokio::select! { _ = fut => {}, _ = stop.cancelled() => {} }
+                        tokio::pin!(fut);
+                        tokio::select! {
+                            _ = &mut fut => {},
+                            _ = stop.cancelled() => close_gracefully(fd, fut).await,
+                        }
                     });
                 }
                 Err(e) => {
