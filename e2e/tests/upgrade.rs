@@ -19,8 +19,8 @@ use test_support::NodeId;
 
 const DEADLINE: Duration = Duration::from_secs(3);
 
-#[derive(Default)]
 struct Tally {
+    t0: Instant,
     attempted: AtomicU64,
     ok: AtomicU64,
     refused: AtomicU64,
@@ -41,7 +41,11 @@ impl Tally {
         counter.fetch_add(1, Ordering::Relaxed);
         let mut s = self.samples.lock().unwrap();
         if s.len() < 10 {
-            s.push(format!("{what}: {e} ({:?})", e.kind()));
+            s.push(format!(
+                "{what} at {:?}: {e} ({:?})",
+                self.t0.elapsed(),
+                e.kind()
+            ));
         }
     }
 
@@ -128,6 +132,52 @@ fn long_stream(dst: SocketAddr, finish: Arc<AtomicBool>) -> StreamEnd {
     run().unwrap_or_else(|e| StreamEnd::Failed(format!("{e} ({:?})", e.kind())))
 }
 
+/// A stream whose server never reads (b1:8081): the client writes until every buffer on the way
+/// is full, so when the deadline cuts it, ztunnel's socket still holds unread bytes, the case in
+/// which a plain close sends RST. Returns how the client saw it end.
+fn stalled_stream(dst: SocketAddr) -> StreamEnd {
+    let run = || -> std::io::Result<StreamEnd> {
+        let s = TcpStream::connect_timeout(&dst, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut w = s.try_clone()?;
+        // Blocks once the buffers are full; fails once the connection is gone.
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![7u8; 64 * 1024];
+            while w.write_all(&chunk).is_ok() {}
+        });
+        let mut r = &s;
+        let mut b = [0u8; 1];
+        let end = match r.read(&mut b) {
+            Ok(0) => StreamEnd::ClosedCleanly,
+            Ok(_) => StreamEnd::Failed("the sink sent data".into()),
+            Err(e) => StreamEnd::Failed(format!("{e} ({:?})", e.kind())),
+        };
+        // Our FIN (or the reset) ends the writer.
+        let _ = s.shutdown(Shutdown::Both);
+        let _ = writer.join();
+        Ok(end)
+    };
+    run().unwrap_or_else(|e| StreamEnd::Failed(format!("{e} ({:?})", e.kind())))
+}
+
+/// A server in `ns` that accepts and never reads; stops when `stop` is set.
+fn sink(mesh: &Mesh, pod: &str, port: u16, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let l = test_support::run_in(mesh.pod_ns(pod), || {
+        std::net::TcpListener::bind(("0.0.0.0", port))
+    })
+    .unwrap();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((c, _)) => held.push(c),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })
+}
+
 /// Long-lived streams from a1 and a2 to b1: `finishers` end 1 s after `finish_at` is set,
 /// `lingerers` never end by themselves.
 struct Streams {
@@ -178,8 +228,14 @@ fn check_streams(s: Streams, label: &str) {
 
 /// Upgrades `node`'s ztunnel while the long-lived streams run: the finishers end during the
 /// drain, the lingerers are cut at the deadline.
-fn upgrade_with_streams(mesh: &mut Mesh, node: NodeId, dst: SocketAddr) {
+fn upgrade_with_streams(mesh: &mut Mesh, node: NodeId, dst: SocketAddr, t0: Instant) {
     let streams = open_streams(mesh, dst);
+    // The client side's cut (node A) is where ztunnel holds the app's unread bytes.
+    let stalled = (node == NodeId::A).then(|| {
+        let sink_addr = SocketAddr::new(dst.ip(), 8081);
+        spawn_in(mesh.pod_ns("a1"), move || stalled_stream(sink_addr))
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let finish = streams.finish.clone();
     let finisher = std::thread::spawn(move || {
         // Ends the finishers a second into the drain: the old ztunnel serves them to the end.
@@ -199,8 +255,18 @@ fn upgrade_with_streams(mesh: &mut Mesh, node: NodeId, dst: SocketAddr) {
         took >= DEADLINE,
         "old ztunnel on {node:?} exited after {took:?}, before the {DEADLINE:?} deadline"
     );
-    eprintln!("{node:?}: old ztunnel stopped {took:?} after SIGTERM");
+    eprintln!(
+        "{node:?}: old ztunnel stopped {took:?} after SIGTERM (at {:?})",
+        t0.elapsed()
+    );
     check_streams(streams, &format!("{node:?}"));
+    if let Some(h) = stalled {
+        assert_eq!(
+            h.join().unwrap(),
+            StreamEnd::ClosedCleanly,
+            "{node:?}: a stream with unread bytes cut at the deadline"
+        );
+    }
 }
 
 #[test]
@@ -210,13 +276,25 @@ fn ztunnel_upgrade_loses_no_connection() {
             "CONNECTION_TERMINATION_DEADLINE".into(),
             format!("{}s", DEADLINE.as_secs()),
         )],
+        // e.g. UPGRADE_LOG=info,meshtunnel::proxy::outbound=debug to see why a connection failed.
+        log_level: std::env::var("UPGRADE_LOG").unwrap_or("info".into()),
         ..MeshOptions::default()
     })
     .unwrap();
     let _echo = EchoServer::start(mesh.pod_ns("b1"), "0.0.0.0:8080".parse().unwrap()).unwrap();
+    let sink_stop = Arc::new(AtomicBool::new(false));
+    let sink = sink(&mesh, "b1", 8081, sink_stop.clone());
     let dst = mesh.addr("b1", 8080);
 
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Tally {
+        t0: Instant::now(),
+        attempted: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        reset: AtomicU64::new(0),
+        other: AtomicU64::new(0),
+        samples: Mutex::new(Vec::new()),
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let loops: Vec<_> = ["a1", "a1", "a2", "a2"]
         .into_iter()
@@ -243,15 +321,17 @@ fn ztunnel_upgrade_loses_no_connection() {
     std::thread::sleep(Duration::from_secs(1));
     // Client side first (the pods' outbound listeners), then the server side (b1's HBONE
     // listener, which node A's pooled HBONE connections point at).
-    upgrade_with_streams(&mut mesh, NodeId::A, dst);
+    upgrade_with_streams(&mut mesh, NodeId::A, dst, tally.t0);
     std::thread::sleep(Duration::from_secs(1));
-    upgrade_with_streams(&mut mesh, NodeId::B, dst);
+    upgrade_with_streams(&mut mesh, NodeId::B, dst, tally.t0);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     for l in loops {
         l.join().unwrap();
     }
     let elapsed = started.elapsed();
+    sink_stop.store(true, Ordering::Relaxed);
+    sink.join().unwrap();
     let attempted = tally.attempted.load(Ordering::Relaxed);
     eprintln!(
         "upgrade under load: {} in {elapsed:?} ({:.0}/s)",
@@ -262,6 +342,18 @@ fn ztunnel_upgrade_loses_no_connection() {
         attempted > 1000,
         "too little traffic to mean anything: {attempted}"
     );
+    if tally.failed() > 0 {
+        // The ztunnels' warnings say which side gave up on which connection.
+        for node in [NodeId::A, NodeId::B] {
+            for l in mesh
+                .logs(node)
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("DEBUG"))
+            {
+                eprintln!("{node:?}: {l}");
+            }
+        }
+    }
     assert_eq!(tally.failed(), 0, "{}", tally.summary());
 
     // The new ztunnels serve both nodes on their own.

@@ -42,7 +42,7 @@ pub(super) async fn handle(
         return; // unreachable with our verifier; refuse rather than assume.
     };
     let (drain, stop) = (
-        inputs.life.stop_accept.clone(),
+        inputs.life.listeners_closed.clone(),
         inputs.life.force_close.clone(),
     );
     let h2 = inputs.h2.clone();
