@@ -441,3 +441,15 @@ fn a_closing_listener_hands_its_queue_to_its_successor_once_captured() {
     redirect::install(&ns.path(), Backend::Nftables, &RedirectConfig::default()).unwrap();
     assert_eq!(close_one_of_two_listeners(&ns), (32, 0));
 }
+
+#[test]
+fn listener_migration_can_be_enabled_without_touching_the_rules() {
+    // A pod captured by an agent that predates the sysctl: the agent adds it alone.
+    let ns = Netns::create(&format!("{}-p", unique_prefix())).unwrap();
+    let before = snapshot(&ns);
+    redirect::enable_listener_migration(&ns.path()).unwrap();
+    assert!(redirect::listener_migration_enabled(&ns.path()).unwrap());
+    assert_eq!(snapshot(&ns), before);
+    let err = redirect::enable_listener_migration(Path::new("/nonexistent/netns")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/netns"), "{err}");
+}

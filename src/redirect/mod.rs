@@ -60,7 +60,7 @@ impl Default for RedirectConfig {
 pub enum RedirectError {
     #[error("netns {}: cannot open: {source}", .netns.display())]
     OpenNetns { netns: PathBuf, source: io::Error },
-    #[error("netns {}: reading a sysctl: {source}", .netns.display())]
+    #[error("netns {}: net.ipv4.tcp_migrate_req: {source}", .netns.display())]
     Sysctl { netns: PathBuf, source: io::Error },
     #[error("netns {}: cannot run `{command}`: {source}", .netns.display())]
     Spawn {
@@ -97,6 +97,16 @@ pub fn install(netns: &Path, backend: Backend, cfg: &RedirectConfig) -> Result<(
             "cannot set net.ipv4.tcp_migrate_req=1; a ztunnel upgrade may reset connections queued on the old listeners");
     }
     Ok(())
+}
+
+/// Sets `net.ipv4.tcp_migrate_req=1` in the netns at `netns` (what [`install`] does besides
+/// the rules), for a pod whose rules an earlier agent installed.
+pub fn enable_listener_migration(netns: &Path) -> Result<(), RedirectError> {
+    let ns = NetnsHandle::open(netns)?;
+    migrate::enable(&ns).map_err(|source| RedirectError::Sysctl {
+        netns: netns.to_owned(),
+        source,
+    })
 }
 
 /// Whether the netns at `netns` moves a closing SO_REUSEPORT listener's queued connections to
