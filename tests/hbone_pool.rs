@@ -25,6 +25,8 @@ struct Fixture {
     /// Drains the server connections open when it fires (as an old ztunnel does on SIGTERM);
     /// later ones are served normally (the new ztunnel's).
     drain: CancellationToken,
+    /// How each server connection ended: "ok" or the error.
+    ended: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// An HBONE server whose every CONNECT stream echoes its bytes back, and a pool dialing it.
@@ -42,12 +44,15 @@ async fn fixture(settings: H2Settings) -> Fixture {
     let srv_settings = settings.clone();
     let drain = CancellationToken::new();
     let drain_srv = drain.clone();
+    let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ended_srv = ended.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             acc.fetch_add(1, Ordering::SeqCst);
             let cfg = server_cfg.clone();
             let s = srv_settings.clone();
+            let ended = ended_srv.clone();
             let drain = if drain_srv.is_cancelled() {
                 CancellationToken::new()
             } else {
@@ -58,7 +63,7 @@ async fn fixture(settings: H2Settings) -> Fixture {
                     return;
                 };
                 let stop = CancellationToken::new();
-                let _ =
+                let r =
                     hbone::serve_draining(tls, &s, drain, stop, |req, mut respond| async move {
                         if req.method() != Method::CONNECT {
                             hbone::reject(respond, StatusCode::BAD_REQUEST);
@@ -74,6 +79,10 @@ async fn fixture(settings: H2Settings) -> Fixture {
                         let _ = hbone::copy_bidirectional(a, send, req.into_body()).await;
                     })
                     .await;
+                ended.lock().unwrap().push(match r {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                });
             });
         }
     });
@@ -94,6 +103,7 @@ async fn fixture(settings: H2Settings) -> Fixture {
         key: PoolKey::new(id("client"), vec![id("server")], addr),
         accepted,
         drain,
+        ended,
     }
 }
 
@@ -232,4 +242,25 @@ async fn echo_once(app: tokio::io::DuplexStream, msg: &[u8]) {
         .expect("echo in time")
         .unwrap();
     assert_eq!(back, msg);
+}
+
+/// A stopping ztunnel closes its pool: the peer sees each connection end cleanly (GOAWAY,
+/// then close_notify), not a connection that just vanishes, and before `close` returns.
+#[tokio::test]
+async fn closing_the_pool_ends_its_connections_cleanly() {
+    let f = fixture(H2Settings::default()).await;
+    echo_once(open(&f).await, b"before close").await;
+    assert_eq!(f.pool.open_connections(), 1);
+    f.pool.close(Duration::from_secs(5)).await;
+    // The server task records the end right after h2 returns; give it a moment.
+    for _ in 0..50 {
+        if !f.ended.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*f.ended.lock().unwrap(), vec!["ok".to_string()]);
+    assert_eq!(f.pool.open_connections(), 0);
+    // The pool still works afterwards.
+    echo_once(open(&f).await, b"after close").await;
 }

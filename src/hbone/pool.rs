@@ -52,6 +52,8 @@ struct Inner {
     dialer: Dialer,
     settings: H2Settings,
     keys: Mutex<HashMap<PoolKey, Arc<KeyEntry>>>,
+    /// The connections' driver tasks, so [`Pool::close`] can wait for them to finish.
+    conn_tasks: tokio_util::task::TaskTracker,
     dials: AtomicU64,
 }
 
@@ -104,6 +106,7 @@ impl Pool {
             settings,
             keys: Mutex::new(HashMap::new()),
             dials: AtomicU64::new(0),
+            conn_tasks: tokio_util::task::TaskTracker::new(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(reap_idle(Arc::downgrade(&inner)));
@@ -202,6 +205,19 @@ impl Pool {
         }
     }
 
+    /// Closes every pooled connection the way HTTP/2 means it (GOAWAY, then TLS close_notify and
+    /// FIN once its streams are done) and waits until they are closed, up to `within`. For a
+    /// ztunnel about to exit, whose connections would otherwise just vanish under the peer.
+    /// Later calls to `connect` still work (and dial anew).
+    pub async fn close(&self, within: Duration) {
+        // Dropping a connection's last SendRequest is what lets h2 wind it down.
+        lock(&self.inner.keys).clear();
+        let tasks = &self.inner.conn_tasks;
+        tasks.close();
+        let _ = tokio::time::timeout(within, tasks.wait()).await;
+        tasks.reopen();
+    }
+
     /// Number of connections dialed so far (tests and metrics).
     pub fn dials(&self) -> u64 {
         self.inner.dials.load(Ordering::Relaxed)
@@ -272,7 +288,7 @@ impl Pool {
             self.inner.settings.keepalive_timeout,
         );
         let addr = key.addr;
-        tokio::spawn(async move {
+        self.inner.conn_tasks.spawn(async move {
             tokio::select! {
                 r = &mut connection => if let Err(e) = r {
                     tracing::debug!(%addr, error = %e, "HBONE connection ended");
