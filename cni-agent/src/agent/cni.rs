@@ -19,6 +19,8 @@ use crate::server::{Decision, Enroller};
 /// How long CNI DEL waits for ztunnel's Ack before leaving the Del to finish on its own.
 const DEL_WAIT: Duration = Duration::from_secs(1);
 const CACHE_POLL: Duration = Duration::from_millis(50);
+/// How long an ADD waits for a restarted agent's resync (its first pass is bounded too).
+const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// The node agent as seen by the plugin server.
 pub struct PodEnroller(pub(super) Arc<Reconciler>);
@@ -49,6 +51,11 @@ impl Enroller for PodEnroller {
                 Ok(Decision::NotMeshed)
             }
             Selection::Mesh => {
+                // A restarted agent resyncs before it serves ztunnel; an ADD in that window
+                // waits for it (bounded) instead of failing for want of a connected ztunnel.
+                if !r.mesh.zds.wait_ready(READY_WAIT).await {
+                    warn!(pod = %key, %uid, waited = ?READY_WAIT, "CNI ADD: agent still resyncing");
+                }
                 let _guard = r.state.lock(&key).await;
                 match r
                     .enrol(&pod, &uid, Some(std::path::Path::new(&req.netns)))
