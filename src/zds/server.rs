@@ -144,6 +144,23 @@ impl ZdsServer {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Waits (up to `within`) until a ztunnel is connected and served (registered for Adds);
+    /// whether one is. After an agent restart ztunnel reconnects with a backoff: a CNI ADD in
+    /// that window waits for it rather than fail a pod that could start a moment later.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut synced = self.shared.synced.subscribe();
+        loop {
+            if !self.shared.lock().conns.is_empty() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, synced.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return !self.shared.lock().conns.is_empty(),
+            }
+        }
+    }
+
     /// Counts ztunnel connections that have been sent (and acked) their snapshot. A change means a
     /// ztunnel is ready for Adds: pods whose Add failed for want of one can be retried now.
     pub fn synced_connections(&self) -> watch::Receiver<u64> {
