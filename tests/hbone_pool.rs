@@ -22,6 +22,11 @@ struct Fixture {
     pool: Pool,
     key: PoolKey,
     accepted: Arc<AtomicUsize>,
+    /// Drains the server connections open when it fires (as an old ztunnel does on SIGTERM);
+    /// later ones are served normally (the new ztunnel's).
+    drain: CancellationToken,
+    /// How each server connection ended: "ok" or the error.
+    ended: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// An HBONE server whose every CONNECT stream echoes its bytes back, and a pool dialing it.
@@ -37,32 +42,47 @@ async fn fixture(settings: H2Settings) -> Fixture {
     let accepted = Arc::new(AtomicUsize::new(0));
     let acc = accepted.clone();
     let srv_settings = settings.clone();
+    let drain = CancellationToken::new();
+    let drain_srv = drain.clone();
+    let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ended_srv = ended.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             acc.fetch_add(1, Ordering::SeqCst);
             let cfg = server_cfg.clone();
             let s = srv_settings.clone();
+            let ended = ended_srv.clone();
+            let drain = if drain_srv.is_cancelled() {
+                CancellationToken::new()
+            } else {
+                drain_srv.clone()
+            };
             tokio::spawn(async move {
                 let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
                     return;
                 };
                 let stop = CancellationToken::new();
-                let _ = hbone::serve_connection(tls, &s, stop, |req, mut respond| async move {
-                    if req.method() != Method::CONNECT {
-                        hbone::reject(respond, StatusCode::BAD_REQUEST);
-                        return;
-                    }
-                    let send = respond.send_response(Response::new(()), false).unwrap();
-                    let (a, b) = tokio::io::duplex(256 * 1024);
-                    tokio::spawn(async move {
-                        let (mut r, mut w) = tokio::io::split(b);
-                        let _ = tokio::io::copy(&mut r, &mut w).await;
-                        let _ = w.shutdown().await;
-                    });
-                    let _ = hbone::copy_bidirectional(a, send, req.into_body()).await;
-                })
-                .await;
+                let r =
+                    hbone::serve_draining(tls, &s, drain, stop, |req, mut respond| async move {
+                        if req.method() != Method::CONNECT {
+                            hbone::reject(respond, StatusCode::BAD_REQUEST);
+                            return;
+                        }
+                        let send = respond.send_response(Response::new(()), false).unwrap();
+                        let (a, b) = tokio::io::duplex(256 * 1024);
+                        tokio::spawn(async move {
+                            let (mut r, mut w) = tokio::io::split(b);
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                            let _ = w.shutdown().await;
+                        });
+                        let _ = hbone::copy_bidirectional(a, send, req.into_body()).await;
+                    })
+                    .await;
+                ended.lock().unwrap().push(match r {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                });
             });
         }
     });
@@ -82,6 +102,8 @@ async fn fixture(settings: H2Settings) -> Fixture {
         pool: Pool::new(dialer, settings),
         key: PoolKey::new(id("client"), vec![id("server")], addr),
         accepted,
+        drain,
+        ended,
     }
 }
 
@@ -178,4 +200,67 @@ async fn non_connect_gets_400() {
         .unwrap();
     let t = f.pool.connect(&f.key, req).await.unwrap();
     assert_eq!(t.response.status(), StatusCode::BAD_REQUEST);
+}
+
+/// A peer that drains (ztunnel upgrade) tells the pool with GOAWAY: the tunnels it already
+/// carries go on, and new CONNECTs, including the ones racing the GOAWAY, go to a new
+/// connection instead of failing.
+#[tokio::test]
+async fn a_draining_peer_keeps_its_tunnels_and_new_ones_move_to_a_new_connection() {
+    let f = Arc::new(fixture(H2Settings::default()).await);
+    let old = open(&f).await;
+    assert_eq!(f.accepted.load(Ordering::SeqCst), 1);
+    // CONNECTs in flight while the GOAWAY arrives, and after it.
+    let racing: Vec<_> = (0..50)
+        .map(|i| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i / 5)).await;
+                echo_once(open(&f).await, b"new").await
+            })
+        })
+        .collect();
+    f.drain.cancel();
+    for t in racing {
+        t.await.unwrap();
+    }
+    assert!(
+        f.accepted.load(Ordering::SeqCst) >= 2,
+        "new tunnels were not moved to a new connection"
+    );
+    // The tunnel on the draining connection still works to its end.
+    echo_once(old, b"old tunnel still served").await;
+}
+
+async fn echo_once(app: tokio::io::DuplexStream, msg: &[u8]) {
+    let (mut r, mut w) = tokio::io::split(app);
+    w.write_all(msg).await.unwrap();
+    w.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut back))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(back, msg);
+}
+
+/// A stopping ztunnel closes its pool: the peer sees each connection end cleanly (GOAWAY,
+/// then close_notify), not a connection that just vanishes, and before `close` returns.
+#[tokio::test]
+async fn closing_the_pool_ends_its_connections_cleanly() {
+    let f = fixture(H2Settings::default()).await;
+    echo_once(open(&f).await, b"before close").await;
+    assert_eq!(f.pool.open_connections(), 1);
+    f.pool.close(Duration::from_secs(5)).await;
+    // The server task records the end right after h2 returns; give it a moment.
+    for _ in 0..50 {
+        if !f.ended.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*f.ended.lock().unwrap(), vec!["ok".to_string()]);
+    assert_eq!(f.pool.open_connections(), 0);
+    // The pool still works afterwards.
+    echo_once(open(&f).await, b"after close").await;
 }

@@ -111,9 +111,18 @@ fn install_idempotent_uninstall_restores(backend: Backend) {
     let ns = Netns::create(&format!("{}-p", unique_prefix())).unwrap();
     let cfg = RedirectConfig::default();
     let before = snapshot(&ns);
+    let host_sysctl = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap();
     assert!(!redirect::is_installed(&ns.path(), backend).unwrap());
+    assert!(!redirect::listener_migration_enabled(&ns.path()).unwrap());
     redirect::install(&ns.path(), backend, &cfg).unwrap();
     assert_installed(&ns, backend);
+    // A closing ztunnel listener hands its queue to the new one (upgrade without resets).
+    assert!(redirect::listener_migration_enabled(&ns.path()).unwrap());
+    // ...and only in this pod: our own namespace is untouched.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap(),
+        host_sysctl
+    );
     assert!(redirect::is_installed(&ns.path(), backend).unwrap());
     let once = snapshot(&ns);
     redirect::install(&ns.path(), backend, &cfg).unwrap();
@@ -366,4 +375,81 @@ fn detect_backend_prefers_nft_when_it_works() {
         Backend::Iptables
     };
     assert_eq!(redirect::detect_backend(), expected);
+}
+
+/// Two SO_REUSEPORT listeners in `ns` (an old and a new ztunnel's), 32 clients connected and
+/// waiting in the accept queues, then the old listener closes without accepting. Returns how
+/// many clients were then served by the new listener and how many were reset.
+fn close_one_of_two_listeners(ns: &Netns) -> (usize, usize) {
+    let port = 15001;
+    let listener = || {
+        run_in(ns, || {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into())
+                .unwrap();
+            s.listen(128).unwrap();
+            TcpListener::from(s)
+        })
+    };
+    let (old, new) = (listener(), listener());
+    let mut clients: Vec<TcpStream> = run_in(ns, || {
+        (0..32)
+            .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap())
+            .collect()
+    });
+    for c in &mut clients {
+        c.write_all(b"x").unwrap();
+    }
+    drop(old);
+    new.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < deadline {
+        match new.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).unwrap();
+                s.write_all(b"y").unwrap();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    let (mut served, mut reset) = (0, 0);
+    for mut c in clients {
+        c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Ok(1) => served += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => reset += 1,
+            other => panic!("client: {other:?}"),
+        }
+    }
+    (served, reset)
+}
+
+#[test]
+fn a_closing_listener_hands_its_queue_to_its_successor_once_captured() {
+    let ns = Netns::create(&format!("{}-p", unique_prefix())).unwrap();
+    // The kernel's default: what queued on the closed listener is reset (this is what an old
+    // ztunnel's exit did to connections it had not accepted yet).
+    let (_, reset) = close_one_of_two_listeners(&ns);
+    assert!(reset > 0, "no client was reset without tcp_migrate_req");
+    redirect::install(&ns.path(), Backend::Nftables, &RedirectConfig::default()).unwrap();
+    assert_eq!(close_one_of_two_listeners(&ns), (32, 0));
+}
+
+#[test]
+fn listener_migration_can_be_enabled_without_touching_the_rules() {
+    // A pod captured by an agent that predates the sysctl: the agent adds it alone.
+    let ns = Netns::create(&format!("{}-p", unique_prefix())).unwrap();
+    let before = snapshot(&ns);
+    redirect::enable_listener_migration(&ns.path()).unwrap();
+    assert!(redirect::listener_migration_enabled(&ns.path()).unwrap());
+    assert_eq!(snapshot(&ns), before);
+    let err = redirect::enable_listener_migration(Path::new("/nonexistent/netns")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/netns"), "{err}");
 }

@@ -624,6 +624,40 @@ fn snapshot_waits_until_ready_and_synced_connections_count() {
     });
 }
 
+/// An add right as the agent becomes ready, while the held-back ztunnel has not registered
+/// yet, waits for that ztunnel's snapshot and gets a real ack instead of NotConnected (a CNI
+/// ADD racing a restarted agent's resync).
+#[test]
+fn an_add_racing_mark_ready_waits_for_the_held_back_ztunnel() {
+    run_shared(async {
+        let dir = TestDir::new();
+        let server = ZdsServer::bind_not_ready(dir.sock()).expect("bind");
+        let zt = raw_ztunnel(&dir.sock(), proto::ZdsVersion::V1 as i32).await;
+        assert!(!server.wait_ready(Duration::from_millis(200)).await);
+        // Let the connection task get as far as waiting for readiness.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let peer = async {
+            // The snapshot (carrying p1 or not), SnapshotSent, then the add's own Add of p1:
+            // ack everything until that last one.
+            let mut seen = Vec::new();
+            loop {
+                let (req, _) = recv_request(&zt).await;
+                ack(&zt, "").await;
+                let done = req == add("p1") && seen.contains(&snapshot_sent());
+                seen.push(req);
+                if done {
+                    return seen;
+                }
+            }
+        };
+        server.mark_ready();
+        assert!(server.wait_ready(Duration::from_millis(10)).await);
+        let (added, seen) = tokio::join!(server.add("p1", info("p1"), netns()), peer);
+        added.expect("the add waited for the ztunnel and got its ack");
+        assert_eq!(seen.last(), Some(&add("p1")), "{seen:?}");
+    });
+}
+
 #[test]
 fn dropping_a_server_leaves_a_newer_servers_socket() {
     run_shared(async {

@@ -106,6 +106,11 @@ impl Default for MeshOptions {
 pub struct Mesh {
     // Field order is drop order: processes, then agent sockets, then namespaces, then files.
     ztunnels: [Option<ChildGuard>; 2],
+    /// The namespace a node's ztunnel runs in after [`Mesh::upgrade_ztunnel`] (its own, as a
+    /// new DaemonSet pod's); None: the node's namespace.
+    ztunnel_netns: [Option<Netns>; 2],
+    /// Upgrades so far, for unique namespace names.
+    upgrades: u32,
     zds: [Option<ZdsServer>; 2],
     pub topo: Topology,
     pub dir: tempfile::TempDir,
@@ -143,6 +148,8 @@ impl Mesh {
         LocalCa::load_or_create(&dir.path().join("ca"), TRUST_DOMAIN)?;
         let mut mesh = Mesh {
             ztunnels: [None, None],
+            ztunnel_netns: [None, None],
+            upgrades: 0,
             zds: [None, None],
             topo,
             dir,
@@ -310,15 +317,20 @@ impl Mesh {
     }
 
     pub fn start_ztunnel(&mut self, node: NodeId) -> Result<()> {
+        let child = self.spawn_ztunnel(node, self.topo.node(node))?;
+        self.ztunnels[idx(node)] = Some(child);
+        self.ztunnel_netns[idx(node)] = None;
+        Ok(())
+    }
+
+    /// Starts a ztunnel for `node`'s pods inside `netns`, with the node's settings.
+    fn spawn_ztunnel(&self, node: NodeId, netns: &Netns) -> Result<ChildGuard> {
         let bin = self.ztunnel_bin()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(node))?;
-        let mut cmd = self
-            .topo
-            .node(node)
-            .command(bin.to_str().unwrap_or("ztunnel"));
+        let mut cmd = netns.command(bin.to_str().unwrap_or("ztunnel"));
         cmd.env_clear()
             .env("LOCAL_XDS_PATH", self.config_path())
             .env("INPOD_UDS", self.zds_path(node))
@@ -330,8 +342,61 @@ impl Mesh {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        self.ztunnels[idx(node)] = Some(self.topo.node(node).spawn_command(cmd)?);
-        Ok(())
+        netns.spawn_command(cmd)
+    }
+
+    /// Rolls `node`'s ztunnel as a DaemonSet with maxSurge does: a new ztunnel starts in a
+    /// namespace of its own (a new pod) while the old one runs, the agent hands it every pod, and
+    /// once it is ready the old one gets SIGTERM. Returns when the old one has exited (within
+    /// `exit_timeout`) with its exit status and how long the old one took to stop.
+    pub fn upgrade_ztunnel(
+        &mut self,
+        node: NodeId,
+        exit_timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, Duration)> {
+        self.upgrades += 1;
+        let netns = Netns::create(&format!(
+            "{}-z{}{}",
+            self.topo.prefix(),
+            idx(node),
+            self.upgrades
+        ))?;
+        let new = self.spawn_ztunnel(node, &netns)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT));
+        loop {
+            match http_in(&netns, ready_addr, "GET", "/healthz/ready") {
+                Ok((200, _)) => break,
+                other if Instant::now() > deadline => bail!(
+                    "new ztunnel on {} not ready: {other:?}\n--- log ---\n{}",
+                    node_name(node),
+                    self.logs(node)
+                ),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let old_pid = self.ztunnel_pid(node).context("no old ztunnel running")?;
+        let mut old = self.ztunnels[idx(node)]
+            .replace(new)
+            .context("no old ztunnel")?;
+        let old_netns = self.ztunnel_netns[idx(node)].replace(netns);
+        let started = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old_pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let stop_by = started + exit_timeout;
+        let status = loop {
+            if let Some(status) = old.child_mut().try_wait()? {
+                break status;
+            }
+            if Instant::now() > stop_by {
+                bail!("old ztunnel did not exit within {exit_timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(old_netns);
+        Ok((status, started.elapsed()))
     }
 
     /// Stops ztunnel on `node` (SIGKILL: the crash case) and waits for it.
@@ -442,7 +507,15 @@ impl Mesh {
         method: &str,
         path: &str,
     ) -> Result<(u16, String)> {
-        http_in(self.topo.node(node), addr, method, path)
+        http_in(self.ztunnel_ns(node), addr, method, path)
+    }
+
+    /// The namespace `node`'s ztunnel runs in (its admin, stats and readiness ports are on its
+    /// loopback): the node's, or its own after an upgrade.
+    pub fn ztunnel_ns(&self, node: NodeId) -> &Netns {
+        self.ztunnel_netns[idx(node)]
+            .as_ref()
+            .unwrap_or_else(|| self.topo.node(node))
     }
 
     /// The node ztunnel's `/stats/prometheus` text.
@@ -464,8 +537,7 @@ impl Mesh {
     pub fn ztunnel_command(&self, node: NodeId) -> Result<Command> {
         let bin = self.ztunnel_bin()?;
         Ok(self
-            .topo
-            .node(node)
+            .ztunnel_ns(node)
             .command(bin.to_str().unwrap_or("ztunnel")))
     }
 

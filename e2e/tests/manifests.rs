@@ -162,6 +162,37 @@ fn readiness_probe_hits_the_port_ztunnel_serves() {
     );
 }
 
+/// The ztunnel DaemonSet rolls as the zero-loss upgrade needs (the e2e `upgrade` test plays it):
+/// the new pod first (maxSurge), the old one kept until then (maxUnavailable 0), and a grace
+/// period that lets the old one drain until CONNECTION_TERMINATION_DEADLINE and then close what
+/// is left cleanly before the kubelet's SIGKILL.
+#[test]
+fn ztunnel_rolls_surge_first_and_drains_within_its_grace_period() {
+    let docs = load("ztunnel.yaml");
+    let ds = kind(&docs, "DaemonSet")[0];
+    let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["type"].as_str(),
+        Some("RollingUpdate")
+    );
+    assert_eq!(rolling["maxSurge"].as_u64(), Some(1), "{rolling:?}");
+    assert_eq!(rolling["maxUnavailable"].as_u64(), Some(0), "{rolling:?}");
+    let grace = ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    let deadline = env(container(ds))
+        .get("CONNECTION_TERMINATION_DEADLINE")
+        .cloned()
+        .flatten()
+        .expect("CONNECTION_TERMINATION_DEADLINE set");
+    let deadline = humantime::parse_duration(&deadline).expect("a duration");
+    // The deadline, then up to ~1.3 s to close the rest with FIN, then exit.
+    assert!(
+        std::time::Duration::from_secs(grace) >= deadline + std::time::Duration::from_secs(5),
+        "grace {grace}s leaves too little room after the {deadline:?} drain"
+    );
+}
+
 /// Every object in manifests/ is accepted by a real apiserver (server-side validation and
 /// defaulting, which a YAML read cannot do), and the agent's service account, with a token of
 /// its own, may do exactly what the agent does: watch pods and namespaces, patch pods; and no

@@ -52,6 +52,8 @@ struct Inner {
     dialer: Dialer,
     settings: H2Settings,
     keys: Mutex<HashMap<PoolKey, Arc<KeyEntry>>>,
+    /// The connections' driver tasks, so [`Pool::close`] can wait for them to finish.
+    conn_tasks: tokio_util::task::TaskTracker,
     dials: AtomicU64,
 }
 
@@ -104,6 +106,7 @@ impl Pool {
             settings,
             keys: Mutex::new(HashMap::new()),
             dials: AtomicU64::new(0),
+            conn_tasks: tokio_util::task::TaskTracker::new(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(reap_idle(Arc::downgrade(&inner)));
@@ -112,7 +115,24 @@ impl Pool {
     }
 
     /// Sends `req` (a CONNECT) on a pooled connection for `key` and waits for the response.
+    /// A request the peer provably did not process (its connection was going away: GOAWAY, or
+    /// the stream was refused) is sent again on another connection, so a peer that drains for
+    /// an upgrade costs the caller nothing.
     pub async fn connect(&self, key: &PoolKey, req: Request<()>) -> std::io::Result<Tunnel> {
+        let mut attempt = 1;
+        loop {
+            match self.connect_once(key, copy_request(&req)).await {
+                Err(Attempt::Unprocessed(e)) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(addr = %key.addr, error = %e, attempt, "HBONE peer did not process the CONNECT; retrying on another connection");
+                    attempt += 1;
+                }
+                Err(Attempt::Unprocessed(e) | Attempt::Failed(e)) => return Err(e),
+                Ok(t) => return Ok(t),
+            }
+        }
+    }
+
+    async fn connect_once(&self, key: &PoolKey, req: Request<()>) -> Result<Tunnel, Attempt> {
         let entry = {
             let mut keys = lock(&self.inner.keys);
             keys.entry(key.clone()).or_default().clone()
@@ -127,17 +147,17 @@ impl Pool {
                     None => {
                         if entry.dials_done.load(Ordering::Acquire) != dials_seen {
                             if let Some((kind, msg)) = lock(&entry.last_failure).clone() {
-                                return Err(std::io::Error::new(
+                                return Err(Attempt::Failed(std::io::Error::new(
                                     kind,
                                     format!("{msg} (the dial this request waited for)"),
-                                ));
+                                )));
                             }
                         }
                         let dialed = self.dial(key).await;
                         *lock(&entry.last_failure) =
                             dialed.as_ref().err().map(|e| (e.kind(), e.to_string()));
                         entry.dials_done.fetch_add(1, Ordering::AcqRel);
-                        let c = dialed?;
+                        let c = dialed.map_err(Attempt::Failed)?;
                         c.streams.fetch_add(1, Ordering::AcqRel);
                         lock(&entry.conns).push(c.clone());
                         c
@@ -158,10 +178,10 @@ impl Pool {
         let result = match tokio::time::timeout(wait, exchange).await {
             Ok(r) => r,
             Err(_) => {
-                return Err(std::io::Error::new(
+                return Err(Attempt::Failed(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no CONNECT response from {} within {wait:?}", key.addr),
-                ))
+                )))
             }
         };
         match result {
@@ -176,9 +196,26 @@ impl Pool {
                 if e.is_io() || e.is_go_away() {
                     conn.closed.store(true, Ordering::Release);
                 }
-                Err(h2_io(e))
+                Err(if unprocessed(&e) {
+                    Attempt::Unprocessed(h2_io(e))
+                } else {
+                    Attempt::Failed(h2_io(e))
+                })
             }
         }
+    }
+
+    /// Closes every pooled connection the way HTTP/2 means it (GOAWAY, then TLS close_notify and
+    /// FIN once its streams are done) and waits until they are closed, up to `within`. For a
+    /// ztunnel about to exit, whose connections would otherwise just vanish under the peer.
+    /// Later calls to `connect` still work (and dial anew).
+    pub async fn close(&self, within: Duration) {
+        // Dropping a connection's last SendRequest is what lets h2 wind it down.
+        lock(&self.inner.keys).clear();
+        let tasks = &self.inner.conn_tasks;
+        tasks.close();
+        let _ = tokio::time::timeout(within, tasks.wait()).await;
+        tasks.reopen();
     }
 
     /// Number of connections dialed so far (tests and metrics).
@@ -251,7 +288,7 @@ impl Pool {
             self.inner.settings.keepalive_timeout,
         );
         let addr = key.addr;
-        tokio::spawn(async move {
+        self.inner.conn_tasks.spawn(async move {
             tokio::select! {
                 r = &mut connection => if let Err(e) = r {
                     tracing::debug!(%addr, error = %e, "HBONE connection ended");
@@ -266,6 +303,32 @@ impl Pool {
         });
         Ok(conn)
     }
+}
+
+/// Tries per CONNECT: a draining peer refuses at most the streams in flight when its GOAWAY
+/// arrives, and the retry goes to a connection dialed after it.
+const MAX_ATTEMPTS: u32 = 3;
+
+enum Attempt {
+    /// The peer did not act on the request: safe to send it again elsewhere.
+    Unprocessed(std::io::Error),
+    Failed(std::io::Error),
+}
+
+/// Whether HTTP/2 guarantees the peer did not process the stream: the peer's GOAWAY (h2 fails
+/// only the streams above its last-stream-id, and new requests, with it) or REFUSED_STREAM.
+fn unprocessed(e: &h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+}
+
+/// The same CONNECT again (a `Request<()>` is not `Clone`).
+fn copy_request(req: &Request<()>) -> Request<()> {
+    let mut out = Request::new(());
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = req.uri().clone();
+    *out.version_mut() = req.version();
+    *out.headers_mut() = req.headers().clone();
+    out
 }
 
 /// Returns when the peer stops answering pings; a silently dead peer would otherwise keep

@@ -25,6 +25,25 @@ where
     H: Fn(Request<RecvStream>, SendResponse<Bytes>) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_draining(io, settings, CancellationToken::new(), stop, handler).await
+}
+
+/// [`serve_connection`] that also drains: once `drain` fires the client is told (GOAWAY,
+/// graceful: the streams it already sent are still served) to open new streams elsewhere, and
+/// the connection closes cleanly (final GOAWAY, TLS close_notify, FIN) when its last stream
+/// ends. `stop` still ends everything at once.
+pub async fn serve_draining<IO, H, F>(
+    io: IO,
+    settings: &H2Settings,
+    drain: CancellationToken,
+    stop: CancellationToken,
+    handler: H,
+) -> Result<(), h2::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<RecvStream>, SendResponse<Bytes>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     // A client that finishes TLS and never sends the HTTP/2 preface must not hold this task.
     let handshake = settings.server().handshake::<_, Bytes>(io);
     let mut conn = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
@@ -32,6 +51,7 @@ where
         // SETTINGS_TIMEOUT: the reason HTTP/2 has for a peer that does not get going.
         Err(_) => return Err(h2::Error::from(h2::Reason::SETTINGS_TIMEOUT)),
     };
+    let mut draining = false;
     loop {
         tokio::select! {
             next = conn.accept() => match next {
@@ -39,6 +59,13 @@ where
                 Some(Err(e)) => return if e.is_go_away() || e.is_reset() { Ok(()) } else { Err(e) },
                 None => return Ok(()),
             },
+            _ = drain.cancelled(), if !draining => {
+                // h2 sends GOAWAY(max id) and a PING, then the real last id one round trip
+                // later, so requests already on the wire are served, not refused; accept()
+                // ends once every stream has.
+                conn.graceful_shutdown();
+                draining = true;
+            }
             _ = stop.cancelled() => {
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 // Let the GOAWAY flush; the peer sees its streams end.

@@ -28,6 +28,8 @@ struct Pod {
     inode: u64,
     info: WorkloadInfo,
     life: Lifecycle,
+    /// The pod's outbound HBONE connections, closed cleanly when ztunnel stops.
+    pool: Pool,
 }
 
 /// What the admin API and readiness report about a pod proxy.
@@ -156,7 +158,7 @@ impl WorkloadManager {
                 .metrics
                 .pod(uid, &info.name, &info.namespace, identity.clone()),
         });
-        proxy::start(inputs, pool)
+        proxy::start(inputs, pool.clone())
             .map_err(|e| format!("pod {uid}: opening listeners in its netns: {e}"))?;
         let old = lock(&self.pods).insert(
             uid.to_owned(),
@@ -164,6 +166,7 @@ impl WorkloadManager {
                 inode,
                 info: info.clone(),
                 life,
+                pool,
             },
         );
         if let Some(old) = old {
@@ -241,7 +244,10 @@ impl WorkloadManager {
     /// Graceful stop: refuse new connections everywhere, let open ones finish until
     /// `deadline`, then close what is left.
     pub async fn drain(&self, deadline: std::time::Duration) {
-        let lives: Vec<Lifecycle> = lock(&self.pods).values().map(|p| p.life.clone()).collect();
+        let (lives, pools): (Vec<Lifecycle>, Vec<Pool>) = lock(&self.pods)
+            .values()
+            .map(|p| (p.life.clone(), p.pool.clone()))
+            .unzip();
         for l in &lives {
             l.stop_accept.cancel();
             l.tracker.close();
@@ -256,8 +262,18 @@ impl WorkloadManager {
         for l in &lives {
             l.close();
         }
+        // The cut connections close with FIN (see proxy::CLOSE_BUDGET); exiting before they
+        // have would leave the kernel to reset them.
+        let closing = futures_util::future::join_all(lives.iter().map(|l| l.tracker.wait()));
+        let _ = tokio::time::timeout(proxy::CLOSE_BUDGET, closing).await;
+        // Then the HBONE connections this node opened: GOAWAY and close_notify rather than a
+        // connection that vanishes when the process exits.
+        futures_util::future::join_all(pools.iter().map(|p| p.close(POOL_CLOSE))).await;
     }
 }
+
+/// How long a stopping ztunnel waits for its HBONE connections to close cleanly.
+const POOL_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Logs whether pod `uid`'s workload is in the config: nothing when it is already there; else
 /// that the pod waits, then when it arrives, or a warning if it has not after

@@ -41,9 +41,13 @@ pub(super) async fn handle(
     let Some(client) = peer_identity(tls.get_ref().1.peer_certificates()) else {
         return; // unreachable with our verifier; refuse rather than assume.
     };
-    let stop = inputs.life.force_close.clone();
+    let (drain, stop) = (
+        inputs.life.listeners_closed.clone(),
+        inputs.life.force_close.clone(),
+    );
     let h2 = inputs.h2.clone();
-    let result = hbone::serve_connection(tls, &h2, stop, |req, respond| {
+    // A drain (ztunnel stopping, pod removed) sends the peer's new streams to the new ztunnel.
+    let result = hbone::serve_draining(tls, &h2, drain, stop, |req, respond| {
         stream(
             inputs.clone(),
             live.clone(),
@@ -140,10 +144,18 @@ async fn stream(
     };
     // A policy re-check may revoke the stream; dropping the copy resets it (RST_STREAM).
     let (to_client, to_app) = (meter.server_to_client(), meter.client_to_server());
-    let copy = hbone::copy_bidirectional_metered(app, send, req.into_body(), to_client, to_app);
+    let mut app = app;
+    let copy =
+        hbone::copy_bidirectional_metered(&mut app, send, req.into_body(), to_client, to_app);
     match admitted.run(copy).await {
         None => meter.revoked(),
-        Some(moved) => meter.finish(moved.map(drop)),
+        Some(Ok(_)) => meter.finish(Ok::<(), std::io::Error>(())),
+        // The client's side went away (its ztunnel stopped at its deadline, say): the app
+        // gets a FIN, not a reset.
+        Some(Err(e)) => {
+            meter.finish(Err(e));
+            super::close_after_failure(app).await;
+        }
     }
 }
 

@@ -52,6 +52,10 @@ impl Ports {
 #[derive(Clone, Default)]
 pub struct Lifecycle {
     pub stop_accept: CancellationToken,
+    /// Fired once `stop_accept` has closed all the pod's listeners: only then are HBONE peers
+    /// told to go elsewhere (GOAWAY), so their new connections cannot land on a listener of
+    /// ours that is about to close.
+    pub listeners_closed: CancellationToken,
     pub force_close: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -60,6 +64,7 @@ impl Lifecycle {
     /// Stops everything now (pod deleted).
     pub fn close(&self) {
         self.stop_accept.cancel();
+        self.listeners_closed.cancel();
         self.force_close.cancel();
         self.tracker.close();
     }
@@ -137,37 +142,115 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
         inputs.life.force_close.clone(),
     ));
     let t = &inputs.life.tracker;
-    t.spawn(accept_loop(inputs.clone(), out, {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+    t.spawn(accept_loop(inputs.clone(), open.clone(), out, {
         let (i, p) = (inputs.clone(), pool);
         move |s, peer| outbound::handle(i.clone(), p.clone(), s, peer)
     }));
-    t.spawn(accept_loop(inputs.clone(), hbone, {
+    t.spawn(accept_loop(inputs.clone(), open.clone(), hbone, {
         let (i, l) = (inputs.clone(), live.clone());
         move |s, peer| inbound::handle(i.clone(), server.clone(), l.clone(), s, peer)
     }));
-    t.spawn(accept_loop(inputs.clone(), plain, {
+    t.spawn(accept_loop(inputs.clone(), open, plain, {
         let (i, l) = (inputs.clone(), live);
         move |s, peer| inbound_passthrough::handle(i.clone(), l.clone(), s, peer)
     }));
     Ok(())
 }
 
-async fn accept_loop<F, Fut>(inputs: Arc<ProxyInputs>, listener: TcpListener, handle: F)
-where
+/// Ends a connection cut by a deadline or a Del with a FIN, not a RST: a socket closed with
+/// unread bytes in its receive queue sends RST, so after the handler has had a moment to close
+/// its own way (an HBONE connection sends GOAWAY and TLS close_notify), we shut down our side
+/// and discard what the peer still sends until its FIN, bounded by [`CLOSE_LINGER`].
+async fn close_gracefully<F: std::future::Future<Output = ()>>(
+    fd: std::os::fd::RawFd,
+    mut fut: std::pin::Pin<&mut F>,
+) {
+    if tokio::time::timeout(HANDLER_CLOSE_GRACE, &mut fut)
+        .await
+        .is_ok()
+    {
+        return; // the handler finished and closed the socket itself
+    }
+    // SAFETY: `fut` owns the socket and is alive (pinned, not finished), so `fd` is still that
+    // socket; the handler is not polled while we use it.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&sock);
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let until = tokio::time::Instant::now() + CLOSE_LINGER;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    while tokio::time::Instant::now() < until {
+        match sock.recv_with_flags(&mut buf, nix::libc::MSG_DONTWAIT) {
+            Ok(0) => break, // the peer's FIN: nothing left that could trigger a RST
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// Closes `s` with FIN after its far side failed (the HBONE peer went away, e.g. a ztunnel
+/// stopping at its deadline): shut down our side, then discard what the app still sends until
+/// its FIN, bounded by [`CLOSE_LINGER`]. Dropping the socket with unread bytes would send RST.
+pub(crate) async fn close_after_failure(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let discard = async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, discard).await;
+}
+
+/// How long a cut connection's handler gets to close its own way (GOAWAY, close_notify).
+const HANDLER_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a cut connection waits for the peer's FIN after ours.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Upper bound for a cut connection to be closed, for a caller that must not leave earlier.
+pub const CLOSE_BUDGET: std::time::Duration = HANDLER_CLOSE_GRACE
+    .saturating_add(CLOSE_LINGER.saturating_add(std::time::Duration::from_millis(100)));
+
+/// Accepts until `stop_accept`, then closes the listener; the last of the pod's listeners
+/// (`open` counts them) to close fires `listeners_closed`.
+async fn accept_loop<F, Fut>(
+    inputs: Arc<ProxyInputs>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    listener: TcpListener,
+    handle: F,
+) where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let life = &inputs.life;
     loop {
         tokio::select! {
-            _ = life.stop_accept.cancelled() => return,
+            _ = life.stop_accept.cancelled() => {
+                drop(listener);
+                if open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                    life.listeners_closed.cancel();
+                }
+                return;
+            }
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
                     let stop = life.force_close.clone();
+                    // Only the number: the socket itself stays with the handler. Valid while
+                    // `fut` (which owns the socket) is alive.
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
                     let fut = handle(s, peer);
                     life.tracker.spawn(async move {
-                        tokio::select! { _ = fut => {}, _ = stop.cancelled() => {} }
+                        tokio::pin!(fut);
+                        tokio::select! {
+                            _ = &mut fut => {},
+                            _ = stop.cancelled() => close_gracefully(fd, fut).await,
+                        }
                     });
                 }
                 Err(e) => {

@@ -169,14 +169,19 @@ async fn tunnel(
         return Ok(());
     }
     let _guard = t.guard;
+    let mut app = app;
     let moved = hbone::copy_bidirectional_metered(
-        app,
+        &mut app,
         t.send,
         t.response.into_body(),
         meter.client_to_server(),
         meter.server_to_client(),
     )
     .await;
+    let failed = moved.is_err();
     meter.finish(moved.map(drop));
+    if failed {
+        super::close_after_failure(app).await;
+    }
     Ok(())
 }

@@ -31,6 +31,11 @@ impl NetnsHandle {
         })
     }
 
+    /// The open namespace file.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Run `program args` inside the namespace, feeding `stdin`; stdout on success, otherwise an
     /// error carrying the netns, the command line and its stderr.
     pub(crate) fn run(

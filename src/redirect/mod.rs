@@ -7,6 +7,7 @@
 
 mod exec;
 mod iptables;
+mod migrate;
 mod nft;
 pub mod routes;
 pub mod rules;
@@ -59,6 +60,8 @@ impl Default for RedirectConfig {
 pub enum RedirectError {
     #[error("netns {}: cannot open: {source}", .netns.display())]
     OpenNetns { netns: PathBuf, source: io::Error },
+    #[error("netns {}: net.ipv4.tcp_migrate_req: {source}", .netns.display())]
+    Sysctl { netns: PathBuf, source: io::Error },
     #[error("netns {}: cannot run `{command}`: {source}", .netns.display())]
     Spawn {
         netns: PathBuf,
@@ -87,7 +90,35 @@ pub fn install(netns: &Path, backend: Backend, cfg: &RedirectConfig) -> Result<(
         let _ = uninstall_rules(&ns, backend);
         return Err(e);
     }
+    // Best effort: without it (kernel < 5.14) capture still works, only a ztunnel upgrade may
+    // reset the few connections queued on the old ztunnel's listeners.
+    if let Err(e) = migrate::enable(&ns) {
+        tracing::warn!(netns = %netns.display(), error = %e,
+            "cannot set net.ipv4.tcp_migrate_req=1; a ztunnel upgrade may reset connections queued on the old listeners");
+    }
     Ok(())
+}
+
+/// Sets `net.ipv4.tcp_migrate_req=1` in the netns at `netns` (what [`install`] does besides
+/// the rules), for a pod whose rules an earlier agent installed.
+pub fn enable_listener_migration(netns: &Path) -> Result<(), RedirectError> {
+    let ns = NetnsHandle::open(netns)?;
+    migrate::enable(&ns).map_err(|source| RedirectError::Sysctl {
+        netns: netns.to_owned(),
+        source,
+    })
+}
+
+/// Whether the netns at `netns` moves a closing SO_REUSEPORT listener's queued connections to
+/// a sibling (`net.ipv4.tcp_migrate_req=1`, set by [`install`]).
+pub fn listener_migration_enabled(netns: &Path) -> Result<bool, RedirectError> {
+    let ns = NetnsHandle::open(netns)?;
+    migrate::read(&ns)
+        .map(|v| v == "1")
+        .map_err(|source| RedirectError::Sysctl {
+            netns: netns.to_owned(),
+            source,
+        })
 }
 
 /// Remove everything [`install`] added; a netns without our rules is fine. `cfg` is accepted

@@ -66,6 +66,10 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// ztunnel connections that said Hello and are not registered yet (held back until the
+    /// agent is ready, or about to register): each takes a snapshot carrying every pod
+    /// recorded by then.
+    waiting: std::sync::atomic::AtomicUsize,
     /// Bumped each time a ztunnel connection has taken its snapshot, so the agent can resend pods
     /// that were waiting for a ztunnel (see [`ZdsServer::synced_connections`]).
     synced: watch::Sender<u64>,
@@ -111,6 +115,7 @@ impl ZdsServer {
             .map(|m| (m.dev(), m.ino()));
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             synced: watch::channel(0).0,
             ready: watch::channel(false).0,
         });
@@ -129,6 +134,33 @@ impl ZdsServer {
         self.shared.ready.send_replace(true);
     }
 
+    /// Waits (up to `within`) until snapshots may go out ([`ZdsServer::mark_ready`]); whether
+    /// they may. A CNI ADD that arrives while a restarted agent resyncs waits for this rather
+    /// than fail for want of a ztunnel that is in fact connected and held back.
+    pub async fn wait_ready(&self, within: Duration) -> bool {
+        let mut ready = self.shared.ready.subscribe();
+        tokio::time::timeout(within, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits (up to `within`) until a ztunnel is connected and served (registered for Adds);
+    /// whether one is. After an agent restart ztunnel reconnects with a backoff: a CNI ADD in
+    /// that window waits for it rather than fail a pod that could start a moment later.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut synced = self.shared.synced.subscribe();
+        loop {
+            if !self.shared.lock().conns.is_empty() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, synced.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return !self.shared.lock().conns.is_empty(),
+            }
+        }
+    }
+
     /// Counts ztunnel connections that have been sent (and acked) their snapshot. A change means a
     /// ztunnel is ready for Adds: pods whose Add failed for want of one can be retried now.
     pub fn synced_connections(&self) -> watch::Receiver<u64> {
@@ -141,7 +173,7 @@ impl ZdsServer {
         if uid.is_empty() {
             return Err(ZdsError::Invalid("empty uid".into()));
         }
-        let (conn, dup) = {
+        let (conn, dup, mut synced, registering) = {
             let mut state = self.shared.lock();
             let dup = netns.try_clone()?;
             state.pods.insert(
@@ -151,9 +183,34 @@ impl ZdsServer {
                     netns,
                 },
             );
-            (state.conns.last().map(|c| c.jobs.clone()), dup)
+            // Read under the lock: a connection leaves `waiting` under it as it registers.
+            // Only once ready: before that, held-back connections wait for the agent itself
+            // (whose resync records pods through here).
+            let registering = *self.shared.ready.borrow()
+                && self
+                    .shared
+                    .waiting
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    > 0;
+            (
+                state.conns.last().map(|c| c.jobs.clone()),
+                dup,
+                self.shared.synced.subscribe(),
+                registering,
+            )
         };
-        let conn = conn.ok_or(ZdsError::NotConnected)?;
+        let conn = match conn {
+            Some(c) => c,
+            // A ztunnel was let through a moment ago and is about to take its snapshot: wait
+            // for it (bounded), then Add on its connection for a real ack (a repeat of the
+            // snapshot's, which ztunnel treats as the same pod).
+            None if registering => {
+                let _ = tokio::time::timeout(ACK_TIMEOUT, synced.changed()).await;
+                let newest = self.shared.lock().conns.last().map(|c| c.jobs.clone());
+                newest.ok_or(ZdsError::NotConnected)?
+            }
+            None => return Err(ZdsError::NotConnected),
+        };
         request(&conn, encode_add(uid, info), Some(dup)).await
     }
 
@@ -268,6 +325,26 @@ async fn serve_conn(sock: SeqPacket, shared: Arc<Shared>, mut stop: watch::Recei
     }
 }
 
+/// Counts a connection in [`Shared::waiting`] until it registers or its task ends.
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting(shared)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Removes the connection from the shared list when its task ends, however it ends.
 struct Registration<'a> {
     shared: &'a Shared,
@@ -302,6 +379,7 @@ async fn conn_main(sock: &SeqPacket, shared: &Shared) -> Result<(), ZdsError> {
     }
     // Until then the connection is not registered, so add() reports NotConnected and the pod
     // goes out with the snapshot.
+    let waiting = Waiting::new(shared);
     let _ = ready.wait_for(|r| *r).await;
     let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
     // Taking the snapshot and publishing the connection under one lock means every add() either
@@ -315,6 +393,7 @@ async fn conn_main(sock: &SeqPacket, shared: &Shared) -> Result<(), ZdsError> {
         state.next_id += 1;
         let id = state.next_id;
         state.conns.push(Conn { id, jobs: jobs_tx });
+        drop(waiting);
         (Registration { shared, id }, snapshot)
     };
     info!(

@@ -19,6 +19,9 @@ use crate::server::{Decision, Enroller};
 /// How long CNI DEL waits for ztunnel's Ack before leaving the Del to finish on its own.
 const DEL_WAIT: Duration = Duration::from_secs(1);
 const CACHE_POLL: Duration = Duration::from_millis(50);
+/// How long an ADD waits for the agent's resync, then for a ztunnel (whose reconnect backoff
+/// is capped at 5 s); well within the plugin's own timeout for the agent.
+const ZTUNNEL_WAIT: Duration = Duration::from_secs(6);
 
 /// The node agent as seen by the plugin server.
 pub struct PodEnroller(pub(super) Arc<Reconciler>);
@@ -49,6 +52,15 @@ impl Enroller for PodEnroller {
                 Ok(Decision::NotMeshed)
             }
             Selection::Mesh => {
+                // Right after a restart of the agent (it resyncs before it serves ztunnel) or of
+                // ztunnel (it reconnects with a backoff) there is briefly no ztunnel to take the
+                // pod: wait for one (bounded) rather than fail an ADD that would work a moment
+                // later. Still fails closed when none comes.
+                if !r.mesh.zds.wait_ready(ZTUNNEL_WAIT).await
+                    || !r.mesh.zds.wait_connected(ZTUNNEL_WAIT).await
+                {
+                    warn!(pod = %key, %uid, waited = ?ZTUNNEL_WAIT, "CNI ADD: no ztunnel connected");
+                }
                 let _guard = r.state.lock(&key).await;
                 match r
                     .enrol(&pod, &uid, Some(std::path::Path::new(&req.netns)))

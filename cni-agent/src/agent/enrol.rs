@@ -53,6 +53,22 @@ impl Mesh {
         .await
     }
 
+    /// For a pod whose rules are already there (captured before an agent restart or upgrade):
+    /// what a fresh install would add besides them, so a ztunnel upgrade resets nothing
+    /// (`net.ipv4.tcp_migrate_req`). Best effort, as in install.
+    pub async fn complete_capture(&self, netns: &NetnsRef) {
+        let netns = netns.clone();
+        let r = blocking(move || {
+            let file = netns.reopen()?;
+            redirect::enable_listener_migration(&fd_path(&file))
+                .map_err(|e| StepError::Rules(e.to_string()))
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "a ztunnel upgrade may reset connections queued on the old listeners");
+        }
+    }
+
     pub async fn install_rules(&self, netns: &NetnsRef) -> Result<(), StepError> {
         let (netns, backend, cfg) = (netns.clone(), self.backend, self.redirect.clone());
         blocking(move || {

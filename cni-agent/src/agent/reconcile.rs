@@ -280,7 +280,10 @@ impl Reconciler {
             }
         }
         let rules = match self.mesh.rules_present(&netns).await {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.mesh.complete_capture(&netns).await;
+                Ok(())
+            }
             Ok(false) => self.mesh.install_rules(&netns).await,
             Err(e) => Err(e),
         };

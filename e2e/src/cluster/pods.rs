@@ -114,6 +114,22 @@ impl Cluster {
         self.start_sandbox(&spec.namespace, &spec.name)
     }
 
+    /// Only the Pod object (scheduled, no sandbox yet): the kubelet has not got to it.
+    pub fn create_pod_object(&self, spec: &PodSpec) -> Result<()> {
+        self.api()
+            .create(spec.object(self.node(spec.node).name))
+            .with_context(|| format!("creating pod {}/{}", spec.namespace, spec.name))?;
+        Ok(())
+    }
+
+    /// Deletes only the Pod object (its sandbox already gone, say).
+    pub fn delete_pod_object(&self, namespace: &str, name: &str) -> Result<()> {
+        self.api()
+            .delete(Resource::Pod, Some(namespace), name)
+            .with_context(|| format!("deleting {namespace}/{name}"))?;
+        Ok(())
+    }
+
     /// What a kubelet does for a scheduled pod: a netns, the CNI ADD chain in it, then the
     /// pod's IP in its status. Host-network pods get no netns and no CNI call. A failed ADD
     /// removes the netns and returns the error (a [`PluginError`] inside when a plugin failed);
@@ -230,6 +246,28 @@ impl Cluster {
             .delete(Resource::Pod, Some(namespace), name)
             .with_context(|| format!("deleting {namespace}/{name}"))?;
         del
+    }
+
+    /// What a node reboot does to a pod's sandbox: its netns and everything in it vanish, and
+    /// the restarted runtime then runs CNI DEL for the dead sandbox. The Pod object stays; a
+    /// later [`Cluster::start_sandbox`] is the kubelet recreating it.
+    pub fn lose_sandbox(&self, namespace: &str, name: &str) -> Result<()> {
+        let pod = {
+            let mut pods = self.lock_pods();
+            let i = pods
+                .iter()
+                .position(|p| p.namespace == namespace && p.name == name)
+                .with_context(|| format!("no running pod {namespace}/{name}"))?;
+            pods.remove(i)
+        };
+        if let Some(ns) = &pod.netns {
+            // Gone under everyone holding it by path; its guard's own delete later is a no-op.
+            std::process::Command::new("ip")
+                .args(["netns", "del", ns.name()])
+                .status()
+                .context("ip netns del")?;
+        }
+        self.teardown(&pod)
     }
 
     pub(super) fn teardown(&self, pod: &Pod) -> Result<()> {
