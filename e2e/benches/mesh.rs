@@ -18,10 +18,17 @@ mod http;
 const BULK: usize = 256 * 1024 * 1024;
 
 fn main() {
-    // 10,000 open connections take ~20k descriptors in each ztunnel, which inherits this limit.
+    if std::env::var_os(http::HOLD_SERVER_ENV).is_some() {
+        http::hold_server();
+    }
+    // 10,000 open connections take ~20k descriptors here (client and hold server) and in
+    // each ztunnel, which inherits this limit; root may raise the hard limit.
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard);
+    const FILES: u64 = 1 << 17;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if setrlimit(Resource::RLIMIT_NOFILE, FILES, FILES.max(hard)).is_err() {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, soft.max(hard), hard);
+        }
     }
     let sustained_for = Duration::from_secs(
         std::env::var("MESHTUNNEL_BENCH_SUSTAINED_SECS")
@@ -46,7 +53,7 @@ fn main() {
     let rss_start = rss_mib(mesh.ztunnel_pid(NodeId::A).unwrap());
     for pod in ["b1", "b2"] {
         sink_and_echo_servers(mesh.pod_ns(pod));
-        http::servers(mesh.pod_ns(pod));
+        http::close_server(mesh.pod_ns(pod));
     }
     let direct = |port| mesh.addr("b2", port);
     let meshed = |port| mesh.addr("b1", port);
@@ -124,6 +131,7 @@ fn main() {
         rss_mib(pid_a),
         rss_mib(pid_b)
     );
+    let hold = http::spawn_hold_server(mesh.pod_ns("b1"));
     let held = http::hold_open(a1, meshed(9003), 10_000);
     std::thread::sleep(Duration::from_millis(500));
     println!(
@@ -132,6 +140,7 @@ fn main() {
         rss_mib(pid_b)
     );
     drop(held);
+    drop(hold);
     std::thread::sleep(Duration::from_secs(1));
 
     let cpu0 = cpu_secs(pid_a) + cpu_secs(pid_b);

@@ -13,11 +13,9 @@ use super::connect;
 pub const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
 pub const RESPONSE: usize = 1024;
 
-/// Port 9002 answers one request with 1 KiB and closes first (`Connection: close`); port
-/// 9003 accepts, sends one byte and keeps the connection open until the process ends.
-pub fn servers(ns: &Netns) {
+/// Port 9002 answers one request with 1 KiB and closes first (`Connection: close`).
+pub fn close_server(ns: &Netns) {
     let close = run_in(ns, || TcpListener::bind("0.0.0.0:9002")).unwrap();
-    let hold = run_in(ns, || TcpListener::bind("0.0.0.0:9003")).unwrap();
     let _ = thread_in(ns, move || {
         for mut c in close.incoming().flatten() {
             std::thread::spawn(move || {
@@ -34,13 +32,29 @@ pub fn servers(ns: &Netns) {
             });
         }
     });
-    let _ = thread_in(ns, move || {
-        let mut held = Vec::new();
-        for mut c in hold.incoming().flatten() {
-            let _ = c.write_all(&[1]);
-            held.push(c);
-        }
-    });
+}
+
+/// Set in the child that holds the server ends of the 10,000 connections: one process may
+/// have only as many descriptors as its hard limit (20,000 here, and no CAP_SYS_RESOURCE).
+pub const HOLD_SERVER_ENV: &str = "MESHTUNNEL_BENCH_HOLD_SERVER";
+
+/// The child's whole life: on 9003 (in the netns it was started in), send each connection
+/// one byte and keep it open until killed.
+pub fn hold_server() -> ! {
+    let l = TcpListener::bind("0.0.0.0:9003").unwrap();
+    let mut held = Vec::new();
+    for mut c in l.incoming().flatten() {
+        let _ = c.write_all(&[1]);
+        held.push(c);
+    }
+    unreachable!("incoming() never ends")
+}
+
+/// Starts [`hold_server`] in `ns` as a child of this bench (killed when the guard drops).
+pub fn spawn_hold_server(ns: &Netns) -> test_support::ChildGuard {
+    let mut cmd = ns.command(std::env::current_exe().unwrap().to_str().unwrap());
+    cmd.env(HOLD_SERVER_ENV, "1");
+    ns.spawn_command(cmd).unwrap()
 }
 
 /// New connections per second over `dur`, 8 clients each making one request and closing as
@@ -126,13 +140,22 @@ pub fn fixed_rate(ns: &Netns, dst: SocketAddr, rps: u32, dur: Duration) -> u64 {
 }
 
 /// Opens `n` meshed connections to the hold server (each confirmed end to end by its byte).
+/// Waits (bounded) for the hold server to listen first.
 pub fn hold_open(ns: &Netns, dst: SocketAddr, n: usize) -> Vec<TcpStream> {
-    (0..n)
-        .map(|_| {
-            let mut c = connect(ns, dst, false);
-            let mut b = [0u8; 1];
-            c.read_exact(&mut b).unwrap();
-            c
-        })
+    let one = || {
+        let mut c = connect(ns, dst, false);
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).map(|_| c)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match one() {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => panic!("hold server not answering: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    std::iter::once(first)
+        .chain((1..n).map(|_| one().unwrap()))
         .collect()
 }
