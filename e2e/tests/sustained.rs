@@ -90,9 +90,9 @@ fn clients_that_close_on_the_response_keep_their_rate() {
     );
     // Before the fix the client closed first nearly every time (all 1,000 ports in TIME_WAIT
     // after ~1,000 connections); now the server's FIN arrives with the response, and races
-    // the client loses are a few percent.
+    // the client loses are a few percent (0.5 % with the debug ztunnel, 5-7 % with release).
     assert!(
-        client_tw < PORTS / 4,
+        client_tw < PORTS / 2,
         "the client holds {client_tw} TIME_WAITs: the server's FIN does not reach it with the response"
     );
     // A shared 2-core machine swings a window by up to ~2x; the collapse was ~10x.
