@@ -1,8 +1,11 @@
 //! Byte copying shared by every proxy path. Buffers grow while a connection moves bulk data
 //! and start small, so thousands of idle connections cost little memory.
 
+use std::os::fd::AsRawFd;
+
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpStream;
 
 const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 256 * 1024;
@@ -12,6 +15,8 @@ const MAX_READ: usize = 256 * 1024;
 pub(crate) struct AdaptiveBuf {
     buf: BytesMut,
     next: usize,
+    /// The last read left room in the buffer: the socket had nothing more queued then.
+    drained: bool,
 }
 
 impl AdaptiveBuf {
@@ -19,6 +24,7 @@ impl AdaptiveBuf {
         AdaptiveBuf {
             buf: BytesMut::new(),
             next: MIN_READ,
+            drained: false,
         }
     }
 
@@ -30,6 +36,7 @@ impl AdaptiveBuf {
         self.buf.reserve(self.next);
         let want = self.buf.capacity() - self.buf.len();
         let n = rd.read_buf(&mut self.buf).await?;
+        self.drained = n < want;
         self.next = if n >= want {
             (self.next * 2).min(MAX_READ)
         } else {
@@ -37,7 +44,85 @@ impl AdaptiveBuf {
         };
         Ok(self.buf.split())
     }
+
+    /// Whether the bytes just read were followed by the peer's FIN. Asked only after a read
+    /// that drained the socket (a full read says nothing, and a bulk stream never pays).
+    pub(crate) fn eof_follows<R: FinProbe>(&self, rd: &R) -> bool {
+        self.drained && rd.fin_queued()
+    }
 }
+
+/// A byte stream the copy loops split without a lock (a TCP socket's own halves) and whose
+/// read half can tell whether the peer's FIN is already queued.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {
+    type Read<'a>: AsyncRead + FinProbe + Unpin + Send
+    where
+        Self: 'a;
+    type Write<'a>: AsyncWrite + FinWrite + Unpin + Send
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+}
+
+/// Why this exists: a web server answers `Connection: close` with its response and a FIN
+/// back to back. When a proxy hands the response on and only passes the FIN after a further
+/// reactor turn (or, over HBONE, in a later HTTP/2 frame), a client that closes as soon as
+/// the response is complete (wrk, most HTTP clients) becomes the side that closes first and
+/// keeps the TIME_WAIT: ~28k ephemeral ports / 60 s caps it at ~470 new connections/s to one
+/// destination (issue 12). Seeing the FIN together with the last bytes lets both leave at once.
+pub trait FinProbe {
+    /// True when the next read would return EOF without waiting.
+    fn fin_queued(&self) -> bool {
+        false
+    }
+}
+
+/// The write side of [`FinProbe`]'s story: the last bytes and the FIN in one segment, so the
+/// client's first read finds the connection already closed by the server and the client does
+/// not end up holding the TIME_WAIT.
+pub trait FinWrite {
+    /// Called before writing the stream's last bytes, when shutdown follows at once: holds
+    /// them (TCP_CORK) until the shutdown, which sends them with the FIN.
+    fn last_write(&self) {}
+}
+
+impl Duplex for TcpStream {
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+}
+
+impl FinProbe for tokio::net::tcp::ReadHalf<'_> {
+    fn fin_queued(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
+        // A one-byte peek that never blocks and bypasses the reactor's readiness, which a
+        // short read has just cleared: Ok(0) is EOF; data or EAGAIN means not (yet).
+        let fd = self.as_ref().as_raw_fd();
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        matches!(recv(fd, &mut [0u8; 1], flags), Ok(0))
+    }
+}
+
+impl FinWrite for tokio::net::tcp::WriteHalf<'_> {
+    fn last_write(&self) {
+        // Best effort: without it the FIN merely follows in its own segment.
+        let _ = socket2::SockRef::from(self.as_ref()).set_tcp_cork(true);
+    }
+}
+
+/// In-memory pipes (the waypoint's HTTP side, tests): no FIN to look ahead for.
+impl Duplex for DuplexStream {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut DuplexStream>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut DuplexStream>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+}
+
+impl<T> FinProbe for tokio::io::ReadHalf<T> {}
+impl<T> FinWrite for tokio::io::WriteHalf<T> {}
 
 /// Told about bytes as they are handed on, so counters move while a long connection is
 /// open and not only when it closes.
@@ -59,8 +144,8 @@ pub(crate) async fn copy_one<R, W>(
     progress: &dyn Progress,
 ) -> std::io::Result<u64>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + FinProbe + Unpin,
+    W: AsyncWrite + FinWrite + Unpin,
 {
     let mut buf = AdaptiveBuf::new();
     let mut total = 0u64;
@@ -70,36 +155,41 @@ where
             wr.shutdown().await?;
             return Ok(total);
         }
+        let eof = buf.eof_follows(rd);
+        if eof {
+            wr.last_write();
+        }
         wr.write_all(&data).await?;
         total += data.len() as u64;
         progress.moved(data.len() as u64);
+        if eof {
+            // The FIN right behind the bytes, as the peer sent it.
+            wr.shutdown().await?;
+            return Ok(total);
+        }
     }
 }
 
 /// Bytes moved by [`copy_bidirectional`]: (a to b, b to a).
-pub async fn copy_bidirectional<A, B>(a: A, b: B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn copy_bidirectional<A: Duplex, B: Duplex>(a: A, b: B) -> std::io::Result<(u64, u64)> {
     copy_bidirectional_metered(a, b, &Unmetered, &Unmetered).await
 }
 
 /// [`copy_bidirectional`], reporting each chunk to `a_to_b` / `b_to_a` as it is written.
-pub async fn copy_bidirectional_metered<A, B>(
-    a: A,
-    b: B,
+pub async fn copy_bidirectional_metered<A: Duplex, B: Duplex>(
+    mut a: A,
+    mut b: B,
     a_to_b: &dyn Progress,
     b_to_a: &dyn Progress,
-) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
+) -> std::io::Result<(u64, u64)> {
+    let (mut ar, mut aw) = a.halves();
+    let (mut br, mut bw) = b.halves();
     tokio::try_join!(
         copy_one(&mut ar, &mut bw, a_to_b),
         copy_one(&mut br, &mut aw, b_to_a)
     )
 }
+
+#[cfg(test)]
+#[path = "copy_tests.rs"]
+mod tests;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::copy::{AdaptiveBuf, Progress, Unmetered};
+use crate::copy::{AdaptiveBuf, Duplex, FinProbe, FinWrite, Progress, Unmetered};
 
 /// Bytes moved in each direction by [`copy_bidirectional`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -21,29 +21,23 @@ pub struct Transferred {
 /// Copies until both directions have finished. A direction finishes on EOF (propagated as
 /// END_STREAM or a TCP shutdown); an error in either direction ends both, and dropping the
 /// h2 halves resets the stream so the far side learns of it.
-pub async fn copy_bidirectional<T>(
+pub async fn copy_bidirectional<T: Duplex>(
     tcp: T,
     send: SendStream<Bytes>,
     recv: RecvStream,
-) -> std::io::Result<Transferred>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
+) -> std::io::Result<Transferred> {
     copy_bidirectional_metered(tcp, send, recv, &Unmetered, &Unmetered).await
 }
 
 /// [`copy_bidirectional`], reporting each chunk to `tcp_to_h2` / `h2_to_tcp` as it is handed on.
-pub async fn copy_bidirectional_metered<T>(
-    tcp: T,
+pub async fn copy_bidirectional_metered<T: Duplex>(
+    mut tcp: T,
     send: SendStream<Bytes>,
     recv: RecvStream,
     tcp_to_h2_progress: &dyn Progress,
     h2_to_tcp_progress: &dyn Progress,
-) -> std::io::Result<Transferred>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut rd, mut wr) = tokio::io::split(tcp);
+) -> std::io::Result<Transferred> {
+    let (mut rd, mut wr) = tcp.halves();
     let up = tcp_to_h2(&mut rd, send, tcp_to_h2_progress);
     let down = h2_to_tcp(recv, &mut wr, h2_to_tcp_progress);
     let (a, b) = tokio::try_join!(up, down)?;
@@ -53,7 +47,7 @@ where
     })
 }
 
-async fn tcp_to_h2<R: AsyncRead + Unpin>(
+async fn tcp_to_h2<R: AsyncRead + FinProbe + Unpin>(
     rd: &mut R,
     mut send: SendStream<Bytes>,
     progress: &dyn Progress,
@@ -67,6 +61,9 @@ async fn tcp_to_h2<R: AsyncRead + Unpin>(
             return Ok(total);
         }
         total += data.len() as u64;
+        // The FIN right behind the bytes goes in their last DATA frame (END_STREAM), so the
+        // far side can pass bytes and FIN on together (see `FinProbe`).
+        let eof = buf.eof_follows(rd);
         let mut data = data.freeze();
         while !data.is_empty() {
             send.reserve_capacity(data.len());
@@ -80,13 +77,17 @@ async fn tcp_to_h2<R: AsyncRead + Unpin>(
             }
             let chunk = data.split_to(granted.min(data.len()));
             let n = chunk.len() as u64;
-            send.send_data(chunk, false).map_err(h2_io)?;
+            send.send_data(chunk, eof && data.is_empty())
+                .map_err(h2_io)?;
             progress.moved(n);
+        }
+        if eof {
+            return Ok(total);
         }
     }
 }
 
-async fn h2_to_tcp<W: AsyncWrite + Unpin>(
+async fn h2_to_tcp<W: AsyncWrite + FinWrite + Unpin>(
     mut recv: RecvStream,
     wr: &mut W,
     progress: &dyn Progress,
@@ -95,6 +96,10 @@ async fn h2_to_tcp<W: AsyncWrite + Unpin>(
     while let Some(chunk) = recv.data().await {
         let chunk = chunk.map_err(h2_io)?;
         let n = chunk.len();
+        if recv.is_end_stream() {
+            // END_STREAM came with these bytes: they and the FIN leave together.
+            wr.last_write();
+        }
         wr.write_all(&chunk).await?;
         total += n as u64;
         progress.moved(n as u64);

@@ -1,0 +1,78 @@
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    (c, s)
+}
+
+#[tokio::test]
+async fn fin_probe_sees_a_fin_queued_behind_the_bytes_and_nothing_else() {
+    // Loopback delivers synchronously: once write/shutdown return, the peer has it queued.
+    let (mut a, mut b) = pair().await;
+    a.write_all(b"response").await.unwrap();
+    let (mut rd, _wr) = b.halves();
+    let mut buf = AdaptiveBuf::new();
+    let got = buf.read(&mut rd).await.unwrap();
+    assert_eq!(&got[..], b"response");
+    assert!(!buf.eof_follows(&rd), "no FIN sent yet");
+
+    a.write_all(b"more").await.unwrap();
+    a.shutdown().await.unwrap();
+    let got = buf.read(&mut rd).await.unwrap();
+    assert_eq!(&got[..], b"more");
+    assert!(buf.eof_follows(&rd), "FIN queued behind the bytes");
+    // The probe consumed nothing: the next read is the EOF.
+    assert!(buf.read(&mut rd).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn fin_probe_is_false_while_more_bytes_are_queued() {
+    let (mut a, mut b) = pair().await;
+    a.write_all(b"first").await.unwrap();
+    let (mut rd, _wr) = b.halves();
+    let mut buf = AdaptiveBuf::new();
+    buf.read(&mut rd).await.unwrap();
+    a.write_all(b"second").await.unwrap();
+    a.shutdown().await.unwrap();
+    // Bytes before the FIN: not EOF yet, and they are still there to read.
+    assert!(!buf.eof_follows(&rd));
+    assert_eq!(&buf.read(&mut rd).await.unwrap()[..], b"second");
+}
+
+#[tokio::test]
+async fn copy_passes_bytes_and_fin_on_together() {
+    // client <-> proxy_in | proxy_out <-> server, copied by copy_bidirectional.
+    let (mut client, proxy_in) = pair().await;
+    let (proxy_out, mut server) = pair().await;
+    let copy = tokio::spawn(copy_bidirectional(proxy_in, proxy_out));
+    client.write_all(b"GET").await.unwrap();
+    let mut req = [0u8; 3];
+    server.read_exact(&mut req).await.unwrap();
+    server.write_all(b"answer").await.unwrap();
+    server.shutdown().await.unwrap();
+    // The client sees the answer and the EOF; bounded so a lost FIN fails instead of hanging.
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut back))
+        .await
+        .expect("FIN passed on")
+        .unwrap();
+    assert_eq!(back, b"answer");
+    drop(client);
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), copy)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        (3, 6)
+    );
+}
