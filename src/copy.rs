@@ -112,6 +112,7 @@ impl FinWrite for tokio::net::tcp::WriteHalf<'_> {
     }
 }
 
+/// A borrowed stream: the proxy keeps the app's socket to close it cleanly after the copy.
 /// In-memory pipes (the waypoint's HTTP side, tests): no FIN to look ahead for.
 impl Duplex for DuplexStream {
     type Read<'a> = tokio::io::ReadHalf<&'a mut DuplexStream>;

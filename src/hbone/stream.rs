@@ -22,16 +22,17 @@ pub struct Transferred {
 /// END_STREAM or a TCP shutdown); an error in either direction ends both, and dropping the
 /// h2 halves resets the stream so the far side learns of it.
 pub async fn copy_bidirectional<T: Duplex>(
-    tcp: T,
+    mut tcp: T,
     send: SendStream<Bytes>,
     recv: RecvStream,
 ) -> std::io::Result<Transferred> {
-    copy_bidirectional_metered(tcp, send, recv, &Unmetered, &Unmetered).await
+    copy_bidirectional_metered(&mut tcp, send, recv, &Unmetered, &Unmetered).await
 }
 
 /// [`copy_bidirectional`], reporting each chunk to `tcp_to_h2` / `h2_to_tcp` as it is handed on.
+/// The socket is borrowed: the proxy closes it cleanly itself when the tunnel failed.
 pub async fn copy_bidirectional_metered<T: Duplex>(
-    mut tcp: T,
+    tcp: &mut T,
     send: SendStream<Bytes>,
     recv: RecvStream,
     tcp_to_h2_progress: &dyn Progress,
