@@ -221,6 +221,15 @@ fn spiffe(td: &str, ns: &str, sa: &str) -> Value {
 }
 
 impl TrafficLabels {
+    /// Whether the labels carry the identity of the other end (the client's for the destination
+    /// reporter, the server's for the source reporter).
+    pub(crate) fn names_peer_identity(&self) -> bool {
+        match self.reporter {
+            Reporter::Source => !self.destination_principal.is_unknown(),
+            Reporter::Destination => !self.source_principal.is_unknown(),
+        }
+    }
+
     pub fn from_view(v: &ConnectionView<'_>) -> Self {
         let mut l = TrafficLabels {
             reporter: v.reporter,

@@ -272,9 +272,17 @@ impl PodMeter {
         let Some(metrics) = self.metrics.upgrade() else {
             return ConnMeter::detached(labels, gauge, log);
         };
-        let owner = Owner {
-            pod: self.uid.clone(),
-            peer: peer_uid.map(str::to_owned),
+        // A peer known by its certificate but not named by the config (a new pod whose
+        // workload istiod has not pushed yet, a client from elsewhere): nothing tells when it
+        // is gone, so its series is kept only while in use and for the retention after.
+        // Owned by the pod, every new identity reaching a long-lived pod would add series for
+        // the pod's whole life.
+        let owner = match peer_uid {
+            None if labels.names_peer_identity() => None,
+            peer => Some(Owner {
+                pod: self.uid.clone(),
+                peer: peer.map(str::to_owned),
+            }),
         };
         let (labels, cached) = metrics.series.open(labels, owner, &metrics.traffic);
         ConnMeter::new(metrics, labels, cached, gauge, log)

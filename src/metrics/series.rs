@@ -13,7 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::{PodLabels, PodMeter, Traffic, TrafficLabels};
 
 /// Who a traffic series belongs to: the local pod whose proxy reported it, and the
-/// workload on the other end when the config names one.
+/// workload on the other end when the config names one. A series without owners lives while
+/// connections on it are open, then for the retention.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(super) struct Owner {
     pub pod: String,
@@ -81,15 +82,17 @@ impl Series {
     pub fn open(
         &self,
         labels: TrafficLabels,
-        owner: Owner,
+        owner: Option<Owner>,
         traffic: &Traffic,
     ) -> (Arc<TrafficLabels>, Cached) {
         let mut g = self.lock();
         if let Some(e) = g.traffic.get_mut(&labels) {
             e.cached.open.fetch_add(1, Ordering::Relaxed);
             e.gone_since = None;
-            if !e.owners.contains(&owner) {
-                e.owners.insert(owner);
+            if let Some(owner) = owner {
+                if !e.owners.contains(&owner) {
+                    e.owners.insert(owner);
+                }
             }
             return (e.labels.clone(), e.cached.clone());
         }
@@ -106,7 +109,7 @@ impl Series {
             Entry {
                 labels: labels.clone(),
                 cached: cached.clone(),
-                owners: HashSet::from([owner]),
+                owners: owner.into_iter().collect(),
                 gone_since: None,
             },
         );

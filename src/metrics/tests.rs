@@ -220,6 +220,67 @@ fn a_series_back_in_use_is_not_dropped() {
     );
 }
 
+/// An inbound connection from `client`, whose workload the config does not name.
+fn open_from_unlisted(pod: &Arc<PodMeter>, client: &Identity, mtls: bool) -> ConnMeter {
+    let me = pod.identity.clone();
+    pod.open(
+        &ConnectionView {
+            reporter: Reporter::Destination,
+            source_identity: mtls.then_some(client),
+            destination_identity: Some(&me),
+            mtls,
+            ..Default::default()
+        },
+        None,
+        log(),
+    )
+}
+
+#[test]
+fn series_of_identities_the_config_does_not_name_go_once_idle_for_the_retention() {
+    // Churn: each new pod's first connections arrive before istiod pushed its workload, so
+    // the server's ztunnel knows the client only by its certificate. The server pod lives on;
+    // its series of clients long gone must not.
+    let retention = Duration::from_secs(5);
+    let m = Metrics::new(retention);
+    let pod = m.pod("srv-uid", "srv", "demo", identity());
+    let alive = |_: &str| true;
+    let t0 = Instant::now();
+    let held = open_from_unlisted(
+        &pod,
+        &"spiffe://cluster.local/ns/demo/sa/c0".parse().unwrap(),
+        true,
+    );
+    for i in 1..=3 {
+        let client: Identity = format!("spiffe://cluster.local/ns/demo/sa/c{i}")
+            .parse()
+            .unwrap();
+        open_from_unlisted(&pod, &client, true).finish(Ok::<(), std::io::Error>(()));
+    }
+    // A plaintext client carries no identity: its series is one per pod and stays with it.
+    open_from_unlisted(&pod, &identity(), false).finish(Ok::<(), std::io::Error>(()));
+    assert_eq!(m.tracked_series(), 5);
+    m.sweep(t0, &alive);
+    m.sweep(t0 + retention / 2, &alive);
+    assert_eq!(m.tracked_series(), 5, "dropped before the retention");
+    m.sweep(t0 + retention, &alive);
+    let text = m.encode();
+    assert_eq!(m.tracked_series(), 2, "{text}");
+    assert!(!text.contains("sa/c1") && !text.contains("sa/c3"), "{text}");
+    // The open connection keeps its series until it closes, and the retention after.
+    assert!(text.contains("sa/c0"), "{text}");
+    held.finish(Ok::<(), std::io::Error>(()));
+    m.sweep(t0 + retention * 2, &alive);
+    m.sweep(t0 + retention * 3, &alive);
+    assert_eq!(m.tracked_series(), 1);
+    assert!(sample(
+        &m.encode(),
+        "istio_tcp_connections_opened_total",
+        &["source_principal=\"unknown\""]
+    )
+    .is_some());
+}
+
 #[test]
 fn process_metrics_are_exported() {
     let text = Metrics::new(Duration::from_secs(1)).encode();
