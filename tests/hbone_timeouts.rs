@@ -1,6 +1,7 @@
 //! Every wait of the HBONE pool and server is bounded: a dial that hangs, a peer that never
-//! answers a CONNECT, a client that never sends the HTTP/2 preface, and a burst of callers
-//! to a dead peer (which costs the burst one failed dial, not one per caller in turn).
+//! answers a CONNECT, a client that never sends the HTTP/2 preface, a client that vanishes
+//! without a FIN in the middle of a stream, and a burst of callers to a dead peer (which costs
+//! the burst one failed dial, not one per caller in turn).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -165,4 +166,74 @@ async fn a_client_that_never_sends_the_preface_is_dropped() {
         took >= Duration::from_millis(90) && took < Duration::from_secs(2),
         "took {took:?}"
     );
+}
+
+/// A client gone without a FIN (its pod's veth deleted, say) sends nothing more, not even a
+/// pong: the server must close the connection and end its streams, whose app connections
+/// would otherwise stay open until TCP keepalive gives up.
+#[tokio::test]
+async fn a_client_that_vanishes_mid_stream_is_released_by_the_pings() {
+    let (server_end, client_end) = tokio::io::duplex(64 * 1024);
+    let settings = H2Settings {
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(100),
+        ..short()
+    };
+    let (stream_ended_tx, stream_ended) = tokio::sync::oneshot::channel::<()>();
+    let stream_ended_tx = std::sync::Mutex::new(Some(stream_ended_tx));
+    let server = tokio::spawn(async move {
+        hbone::serve_connection(
+            server_end,
+            &settings,
+            CancellationToken::new(),
+            |req, _respond| {
+                let tx = stream_ended_tx.lock().unwrap().take();
+                async move {
+                    let mut body = req.into_body();
+                    // Ends (None or an error) only when the connection goes.
+                    while let Some(Ok(_)) = body.data().await {}
+                    if let Some(tx) = tx {
+                        let _ = tx.send(());
+                    }
+                }
+            },
+        )
+        .await
+    });
+    let (mut client, conn) = h2::client::handshake(client_end).await.unwrap();
+    let (freeze_tx, freeze) = tokio::sync::oneshot::channel::<()>();
+    // Drives the client until frozen, then holds its end open without ever reading: a peer
+    // that is simply no longer there.
+    let client_task = tokio::spawn(async move {
+        let mut conn = conn;
+        tokio::select! {
+            _ = &mut conn => {}
+            _ = freeze => {}
+        }
+        std::future::pending::<()>().await;
+        drop(conn);
+    });
+    let (_resp, mut send) = client.send_request(req(), false).unwrap();
+    send.send_data(bytes::Bytes::from_static(b"hello"), false)
+        .unwrap();
+    // Let the stream reach the server and a ping or two be answered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!server.is_finished(), "an answering client must be kept");
+    freeze_tx.send(()).unwrap();
+    let start = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server must give up on a silent client")
+        .unwrap();
+    assert!(r.is_err(), "a vanished client is an error: {r:?}");
+    tokio::time::timeout(Duration::from_secs(1), stream_ended)
+        .await
+        .expect("the stream's handler must see its end")
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    client_task.abort();
 }

@@ -1,6 +1,7 @@
 //! HBONE: HTTP/2 CONNECT inside mutual TLS, the tunnel between ztunnels (and waypoints).
 //! The request checks are pure functions; the server and pool own the HTTP/2 connections.
 
+mod keepalive;
 mod pool;
 mod request;
 mod server;

@@ -293,7 +293,7 @@ impl Pool {
                 r = &mut connection => if let Err(e) = r {
                     tracing::debug!(%addr, error = %e, "HBONE connection ended");
                 },
-                _ = keepalive(ping, interval, timeout) => {
+                _ = super::keepalive::until_peer_silent(ping, interval, timeout) => {
                     tracing::warn!(%addr, "HBONE keepalive timed out, closing connection");
                 }
             }
@@ -329,23 +329,6 @@ fn copy_request(req: &Request<()>) -> Request<()> {
     *out.version_mut() = req.version();
     *out.headers_mut() = req.headers().clone();
     out
-}
-
-/// Returns when the peer stops answering pings; a silently dead peer would otherwise keep
-/// callers queued on a connection that will never deliver.
-async fn keepalive(ping: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
-    let Some(mut ping) = ping else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(interval).await;
-        match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.is_io() || e.is_go_away() => return,
-            Ok(Err(_)) => return,
-            Err(_) => return,
-        }
-    }
 }
 
 async fn reap_idle(inner: Weak<Inner>) {

@@ -51,9 +51,21 @@ where
         // SETTINGS_TIMEOUT: the reason HTTP/2 has for a peer that does not get going.
         Err(_) => return Err(h2::Error::from(h2::Reason::SETTINGS_TIMEOUT)),
     };
+    // A client that vanished without a FIN leaves no other trace: its streams (and the app
+    // connections behind them) would be held until TCP keepalive gives up, half an hour on.
+    let silent = super::keepalive::until_peer_silent(
+        conn.ping_pong(),
+        settings.keepalive_interval,
+        settings.keepalive_timeout,
+    );
+    tokio::pin!(silent);
     let mut draining = false;
     loop {
         tokio::select! {
+            _ = &mut silent => {
+                tracing::info!("HBONE client stopped answering pings, closing its connection");
+                return Err(h2::Error::from(h2::Reason::CANCEL));
+            }
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => { tokio::spawn(handler(req, respond)); }
                 Some(Err(e)) => return if e.is_go_away() || e.is_reset() { Ok(()) } else { Err(e) },
