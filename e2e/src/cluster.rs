@@ -71,6 +71,9 @@ pub struct ClusterOptions {
     pub redirect_backend: String,
     /// How long the CNI plugin waits for its agent (written into the conflist by the agent).
     pub plugin_timeout_ms: u64,
+    /// Extra environment for both ztunnels, beyond the DaemonSet's (settings such as
+    /// METRICS_RETENTION that a test shortens).
+    pub ztunnel_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -80,6 +83,7 @@ impl Default for ClusterOptions {
             release_binary: false,
             redirect_backend: "nftables".into(),
             plugin_timeout_ms: 10_000,
+            ztunnel_env: Vec::new(),
         }
     }
 }

@@ -4,12 +4,14 @@
 //!   test plays the CNI agent itself (a ZDS server and `redirect::install`);
 //! * [`cluster`] — the whole system: a Kubernetes API stand-in with the real kubectl, per node a
 //!   real `cni-agent run` and `ztunnel`, pods made by the real CNI chain, and an istiod stand-in
-//!   that renders ztunnel's config from the pods. Enrolment is driven by labels alone.
+//!   that renders ztunnel's config from the pods. Enrolment is driven by labels alone;
+//! * [`proc_stats`] — fds, sockets and memory of a process, TCP states in a netns (leak checks).
 
 pub mod apps;
 pub mod cluster;
 pub mod conformance;
 pub mod mesh;
+pub mod proc_stats;
 pub mod waypoint;
 pub mod wire;
 

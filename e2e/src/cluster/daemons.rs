@@ -149,7 +149,8 @@ impl Cluster {
         // Not in the DaemonSet: istiod is dialled by address here (no cluster DNS), so the name
         // its certificate carries is given, as upstream's ALT_*_HOSTNAME do.
         cmd.env("ALT_XDS_HOSTNAME", &istiod.hostname)
-            .env("ALT_CA_HOSTNAME", &istiod.hostname);
+            .env("ALT_CA_HOSTNAME", &istiod.hostname)
+            .envs(self.opts.ztunnel_env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn(
             cmd,
             &format!("ztunnel on {}", node.name),
@@ -157,6 +158,10 @@ impl Cluster {
         )?;
         self.lock_ztunnels()[idx(id)] = Some(proc);
         Ok(())
+    }
+
+    pub fn ztunnel_pid(&self, id: NodeId) -> Option<u32> {
+        self.lock_ztunnels()[idx(id)].as_ref().map(Proc::id)
     }
 
     /// SIGKILLs ztunnel on the node.
