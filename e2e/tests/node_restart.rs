@@ -183,3 +183,119 @@ fn node_restart_ztunnel_first() {
 fn node_restart_agent_first() {
     node_restart(First::Agent);
 }
+
+/// Makes the node's host-local IPAM hand out `ip` next: it allocates round-robin after the
+/// address in `last_reserved_ip.0`, so a freed address comes back once the range wraps; this
+/// makes it come back at once.
+fn reuse_ip_next(cluster: &Cluster, node: NodeId, ip: std::net::Ipv4Addr) {
+    let file = cluster
+        .node(node)
+        .ipam_dir()
+        .join("podnet")
+        .join("last_reserved_ip.0");
+    assert!(file.is_file(), "host-local keeps no {}", file.display());
+    let before = std::net::Ipv4Addr::from(u32::from(ip) - 1);
+    std::fs::write(&file, before.to_string()).unwrap();
+}
+
+/// The `ztunnel_pod_active_connections` gauge of `pod` in `direction` on `node`.
+fn active(cluster: &Cluster, node: NodeId, pod: &str, direction: &str) -> Option<f64> {
+    let m = cluster.metrics(node).ok()?;
+    let (pod, direction) = (
+        format!("pod=\"{pod}\""),
+        format!("direction=\"{direction}\""),
+    );
+    m.lines()
+        .filter(|l| l.starts_with("ztunnel_pod_active_connections{"))
+        .find(|l| l.contains(&pod) && l.contains(&direction))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A pod deleted in the middle of a connection and created again under the same name, which
+/// the IPAM gives the same address, with both daemons running throughout: the new pod is
+/// captured and proxied before its first byte, in its own netns, and nothing of the old one
+/// is left in ztunnel (its ZDS entry, its listeners and sockets, its open connection and the
+/// connection gauge that counted it).
+#[test]
+fn a_pod_recreated_with_the_same_name_and_ip_starts_fresh() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    cluster
+        .create_namespace(NS, &[(DATAPLANE_LABEL, "ambient")])
+        .unwrap();
+    let make = |name: &str, node| {
+        cluster
+            .create_pod(&PodSpec::new(name, node))
+            .unwrap_or_else(|e| panic!("creating {name}: {e:#}\n{}", cluster.diagnostics()))
+    };
+    let b1 = make("b1", NodeId::B);
+    let _echo = EchoServer::start(cluster.netns_of(&b1), "0.0.0.0:8080".parse().unwrap()).unwrap();
+    cluster
+        .wait_config(&[&b1], Protocol::Hbone, GENEROUS)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diagnostics()));
+
+    let old = make("a1", NodeId::A);
+    echo_from(&cluster, &old, b1.addr(8080)).unwrap();
+    // What ztunnel A holds for one idle pod.
+    std::thread::sleep(Duration::from_millis(300));
+    let zpid = cluster.ztunnel_pid(NodeId::A).unwrap();
+    let one_pod = meshtunnel_e2e::proc_stats::fds(zpid).unwrap();
+    let (old_uid, old_ip) = (old.uid.clone(), old.ip);
+    // An open connection, mid-stream when the pod goes.
+    let mut open = run_in(cluster.netns_of(&old), || {
+        TcpStream::connect_timeout(&b1.addr(8080), Duration::from_secs(5))
+    })
+    .unwrap();
+    open.write_all(b"mid").unwrap();
+    let mut back = [0u8; 3];
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    open.read_exact(&mut back).unwrap();
+    assert_eq!(active(&cluster, NodeId::A, "a1", "outbound"), Some(1.0));
+
+    cluster.delete_pod(NS, "a1").unwrap();
+    let _ = open.shutdown(Shutdown::Both);
+    drop(open);
+    drop(old);
+    reuse_ip_next(&cluster, NodeId::A, old_ip);
+    let new = make("a1", NodeId::A);
+    assert_eq!(new.ip, old_ip, "the IPAM did not hand out the same address");
+    assert_ne!(new.uid, old_uid);
+    // Captured and proxied from the moment the sandbox exists.
+    assert!(cluster.captured(&new), "{}", cluster.diagnostics());
+    assert_eq!(cluster.proxy_listeners(&new).unwrap(), PROXY_PORTS);
+    echo_from(&cluster, &new, b1.addr(8080)).unwrap();
+
+    // ztunnel A: one pod a1, the new one, proxied in its new netns.
+    let dump = cluster.config_dump(NodeId::A).unwrap();
+    let pods = dump["pods"].as_array().unwrap();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0]["uid"], new.uid.as_str(), "{pods:?}");
+    let ino = std::fs::metadata(cluster.netns_of(&new).path())
+        .unwrap()
+        .ino();
+    assert_eq!(pods[0]["netnsInode"].as_u64(), Some(ino), "{pods:?}");
+    // The old pod's connection is released (its peer's HBONE pings find it gone) and with it
+    // its sockets, listeners and the gauge that counted it: ztunnel A holds what one idle pod
+    // needs, as before.
+    let took = wait_until(
+        GENEROUS * 2,
+        "the old pod's state gone from ztunnel A",
+        || {
+            let fds = meshtunnel_e2e::proc_stats::fds(zpid).unwrap();
+            fds.0 <= one_pod.0
+                && fds.1 <= one_pod.1
+                && active(&cluster, NodeId::A, "a1", "outbound") == Some(0.0)
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: fds {:?}, one pod's {one_pod:?}, gauge {:?}\n{}",
+            meshtunnel_e2e::proc_stats::fds(zpid),
+            active(&cluster, NodeId::A, "a1", "outbound"),
+            cluster.diagnostics()
+        )
+    });
+    eprintln!(
+        "same name and IP {old_ip}: the old pod's state was gone {took:?} after the recreate"
+    );
+}
