@@ -140,9 +140,9 @@ fn mtls_inbound_from(c: &Cluster, node: NodeId, sa: &str) -> bool {
     })
 }
 
-/// One add/connect/remove cycle of pod `churn-<i>` on `node`; returns the time from the end of
+/// One add/connect/remove cycle of pod `churn-<i>` on `node`, which goes by `exit`; returns the time from the end of
 /// CNI ADD to the end of the first echo.
-fn cycle(c: &Cluster, i: usize, node: NodeId, server: SocketAddr) -> Duration {
+fn cycle(c: &Cluster, i: usize, node: NodeId, server: SocketAddr, exit: Exit) -> Duration {
     let name = format!("churn-{i}");
     let spec = PodSpec::new(&name, node);
     let pod = c
@@ -159,11 +159,6 @@ fn cycle(c: &Cluster, i: usize, node: NodeId, server: SocketAddr) -> Duration {
         "cycle {i}: {name}'s first connection did not arrive over mTLS\n{}",
         c.metrics(other(node)).unwrap_or_default()
     );
-    let exit = match i % 3 {
-        0 => Exit::Deleted,
-        1 => Exit::DeletedMidConnection,
-        _ => Exit::NetnsLostFirst,
-    };
     match exit {
         Exit::Deleted => c.delete_pod(NS, &name).unwrap(),
         Exit::DeletedMidConnection | Exit::NetnsLostFirst => {
@@ -284,7 +279,8 @@ fn churn_leaves_nothing_behind() {
         }
     };
     for i in 0..WARMUP_CYCLES {
-        cycle(&c, i, node_of(i), server(other(node_of(i))));
+        // Plain deletions only: the baseline need not wait for HBONE pings to find peers gone.
+        cycle(&c, i, node_of(i), server(other(node_of(i))), Exit::Deleted);
     }
     // The warm-up's pods must be gone from the config before the baseline is taken.
     settle(&c);
@@ -293,7 +289,12 @@ fn churn_leaves_nothing_behind() {
     let started = Instant::now();
     let mut first_conn = Vec::with_capacity(n);
     for i in WARMUP_CYCLES..WARMUP_CYCLES + n {
-        first_conn.push(cycle(&c, i, node_of(i), server(other(node_of(i)))));
+        let exit = match i % 3 {
+            0 => Exit::Deleted,
+            1 => Exit::DeletedMidConnection,
+            _ => Exit::NetnsLostFirst,
+        };
+        first_conn.push(cycle(&c, i, node_of(i), server(other(node_of(i))), exit));
     }
     let churn_time = started.elapsed();
     let (ok, errors) = steady.finish();
@@ -424,6 +425,16 @@ fn leaks(c: &Cluster, base: &Snapshot, end: &Snapshot) -> Vec<String> {
             if let Some(k) = states.get(half_closed) {
                 found.push(format!("{node}: {k} sockets in {half_closed}"));
             }
+        }
+        let proxies = c.metrics(id).ok().and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("workload_manager_active_proxy_count "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if proxies != Some(2.0) {
+            found.push(format!(
+                "{node}: ztunnel reports {proxies:?} active pod proxies, want 2"
+            ));
         }
         // Exactly the steady pods in ZDS: srv-* and cli-* on each node.
         let pods = c
