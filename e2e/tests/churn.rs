@@ -29,7 +29,7 @@ use test_support::NodeId;
 
 const NS: &str = "demo";
 const GENEROUS: Duration = Duration::from_secs(30);
-const DEFAULT_CYCLES: usize = 150;
+const DEFAULT_CYCLES: usize = 100;
 /// Cycles run before the baseline is taken: the bridge, certificates of the steady pods, pools,
 /// allocator arenas and lazily made state are in place by then.
 const WARMUP_CYCLES: usize = 6;
