@@ -312,4 +312,54 @@ spec:
         v1_seen |= body.starts_with("pod=v1");
     }
     assert!(v1_seen, "the previous split stays in force");
+
+    // echo leaves the waypoint (`none` opts a Service out of its namespace's waypoint): our
+    // entry for it goes from the route's status, other controllers' entries are not ours to
+    // touch.
+    let before: Vec<Value> = route(&cluster).unwrap()["status"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["controllerName"] != "meshtunnel.io/waypoint")
+        .cloned()
+        .collect();
+    cluster
+        .kubectl
+        .ok(&[
+            "label",
+            "--overwrite",
+            "-n",
+            NS,
+            "service",
+            "echo",
+            "istio.io/use-waypoint=none",
+        ])
+        .unwrap_or_else(|e| fail("unbinding echo", &e));
+    let unbound = Instant::now();
+    wait_until(GENEROUS, "our status entry removed after unbinding", || {
+        route(&cluster).is_some_and(|r| our_status(&r).is_none())
+    })
+    .unwrap_or_else(|e| fail("unbound parent", &e));
+    eprintln!(
+        "our entry gone {} ms after the unbinding label",
+        unbound.elapsed().as_millis()
+    );
+    let after = route(&cluster).unwrap();
+    let others: Vec<String> = after["status"]["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["controllerName"].as_str().map(str::to_owned))
+        .collect();
+    eprintln!(
+        "controllers before unbinding {:?}, after {others:?}",
+        before
+            .iter()
+            .filter_map(|p| p["controllerName"].as_str())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        others.contains(&"istio.io/gateway-controller".to_owned()),
+        "istiod's entry stays: {others:?}"
+    );
 }

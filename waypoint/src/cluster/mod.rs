@@ -143,7 +143,7 @@ pub async fn start(
     stop: CancellationToken,
 ) -> anyhow::Result<Sync> {
     let xds = start_xds(s, address, mesh.clone(), stop.clone());
-    let store = start_objects(s, cell, mesh, stop).await?;
+    let store = start_objects(s, cell, mesh, xds.clone(), stop).await?;
     Ok(Sync { xds, store })
 }
 
@@ -152,6 +152,7 @@ async fn start_objects(
     s: &Settings,
     cell: Arc<ConfigCell>,
     mesh: Arc<State>,
+    xds: Arc<xds::status::XdsStatus>,
     stop: CancellationToken,
 ) -> anyhow::Result<Arc<Mutex<store::ObjectStore>>> {
     let gateway = gateway(s)?;
@@ -168,6 +169,7 @@ async fn start_objects(
             gateway,
             store.clone(),
             mesh,
+            xds,
             s.config_poll_interval,
             stop,
         );
