@@ -1,8 +1,9 @@
 //! Cluster mode: the waypoint's objects from the Kubernetes API ([`watch`], checked one by one
 //! in [`store`]), workloads and services from istiod's workload xDS and its certificate from
-//! istiod's CA (the ztunnel library's clients), which services it serves ([`served`]), and the
-//! route status it writes ([`status`]).
+//! istiod's CA (the ztunnel library's clients), which services it serves ([`served`]), the
+//! route status it writes ([`status`]) and the metrics of all this ([`metrics`]).
 
+pub mod metrics;
 mod served;
 mod status;
 mod store;
@@ -52,6 +53,7 @@ fn start_xds(
     s: &Settings,
     address: &str,
     mesh: Arc<State>,
+    metrics: xds::metrics::XdsMetrics,
     stop: CancellationToken,
 ) -> Arc<xds::status::XdsStatus> {
     let status = Arc::new(xds::status::XdsStatus::new(address));
@@ -66,13 +68,7 @@ fn start_xds(
         &s.trust_domain,
     );
     let sources = Arc::new(ConfigSources::new(mesh, true));
-    tokio::spawn(xds::run(
-        cfg,
-        sources,
-        status.clone(),
-        xds::metrics::XdsMetrics::default(),
-        stop,
-    ));
+    tokio::spawn(xds::run(cfg, sources, status.clone(), metrics, stop));
     status
 }
 
@@ -140,10 +136,11 @@ pub async fn start(
     address: &str,
     cell: Arc<ConfigCell>,
     mesh: Arc<State>,
+    metrics: metrics::ClusterMetrics,
     stop: CancellationToken,
 ) -> anyhow::Result<Sync> {
-    let xds = start_xds(s, address, mesh.clone(), stop.clone());
-    let store = start_objects(s, cell, mesh, xds.clone(), stop).await?;
+    let xds = start_xds(s, address, mesh.clone(), metrics.xds, stop.clone());
+    let store = start_objects(s, cell, mesh, xds.clone(), metrics.kube, stop).await?;
     Ok(Sync { xds, store })
 }
 
@@ -153,6 +150,7 @@ async fn start_objects(
     cell: Arc<ConfigCell>,
     mesh: Arc<State>,
     xds: Arc<xds::status::XdsStatus>,
+    metrics: metrics::KubeMetrics,
     stop: CancellationToken,
 ) -> anyhow::Result<Arc<Mutex<store::ObjectStore>>> {
     let gateway = gateway(s)?;
@@ -161,8 +159,15 @@ async fn start_objects(
         root_namespace: s.root_namespace.clone(),
         gateway: (gateway.namespace.clone(), gateway.name.clone()),
     };
-    let store = Arc::new(Mutex::new(store::ObjectStore::default()));
-    watch::spawn(client.clone(), scope, store.clone(), cell, stop.clone());
+    let store = Arc::new(Mutex::new(store::ObjectStore::new(metrics.clone())));
+    watch::spawn(
+        client.clone(),
+        scope,
+        store.clone(),
+        cell,
+        metrics,
+        stop.clone(),
+    );
     if s.cluster.write_status {
         status::spawn(
             client,
