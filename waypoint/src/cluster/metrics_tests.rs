@@ -1,38 +1,14 @@
-use std::collections::HashMap;
-
-use meshtunnel::state::{
-    ConfigSnapshot, GatewayAddress, GatewayDestination, NetworkAddress, Service,
-};
+use meshtunnel::state::{ConfigSnapshot, Service};
 use serde_json::json;
 
 use super::super::store::{Event, ObjectStore, Scope};
+use super::super::test_mesh::in_demo as svc;
 use super::*;
 
 fn text(r: &Registry) -> String {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, r).unwrap();
     out
-}
-
-fn svc(name: &str, vip: &str, waypoint: Option<&str>) -> Service {
-    Service {
-        name: name.into(),
-        namespace: "demo".into(),
-        hostname: format!("{name}.demo.svc.cluster.local"),
-        vips: vec![NetworkAddress {
-            network: String::new(),
-            address: vip.parse().unwrap(),
-        }],
-        ports: HashMap::from([(80, 8080)]),
-        subject_alt_names: vec![],
-        waypoint: waypoint.map(|wp| GatewayAddress {
-            destination: GatewayDestination::Hostname {
-                namespace: "demo".into(),
-                hostname: format!("{wp}.demo.svc.cluster.local"),
-            },
-            hbone_mtls_port: 15008,
-        }),
-    }
 }
 
 fn mesh(services: Vec<Service>) -> ConfigSnapshot {

@@ -7,6 +7,8 @@ pub mod metrics;
 mod served;
 mod status;
 mod store;
+#[cfg(test)]
+mod test_mesh;
 mod watch;
 
 use std::sync::{Arc, Mutex};

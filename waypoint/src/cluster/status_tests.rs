@@ -191,35 +191,9 @@ fn unbound_parents_lose_our_entry_and_only_ours() {
 }
 
 mod rounds {
-    use std::collections::HashMap;
-
-    use meshtunnel::state::{
-        GatewayAddress, GatewayDestination, NetworkAddress, Service as MeshService,
-    };
-
     use super::super::super::store::{Event, Scope};
+    use super::super::super::test_mesh::in_demo as svc;
     use super::*;
-
-    fn svc(name: &str, vip: &str, waypoint: Option<&str>) -> MeshService {
-        MeshService {
-            name: name.into(),
-            namespace: "demo".into(),
-            hostname: format!("{name}.demo.svc.cluster.local"),
-            vips: vec![NetworkAddress {
-                network: String::new(),
-                address: vip.parse().unwrap(),
-            }],
-            ports: HashMap::from([(80, 8080)]),
-            subject_alt_names: vec![],
-            waypoint: waypoint.map(|wp| GatewayAddress {
-                destination: GatewayDestination::Hostname {
-                    namespace: "demo".into(),
-                    hostname: format!("{wp}.demo.svc.cluster.local"),
-                },
-                hbone_mtls_port: 15008,
-            }),
-        }
-    }
 
     /// istiod's view: echo bound to `echo_waypoint`, its backends known.
     fn mesh(echo_waypoint: Option<&str>) -> ConfigSnapshot {
