@@ -1,12 +1,12 @@
 //! The Gateway API conformance suite's mesh profile (MESH-HTTP core and extended, MESH-GRPC
 //! core) as whole-system tests: the upstream manifests, read from the suite at test time, and
 //! the Go tests' request/expected-response cases transcribed into tables ([`ALL`]). The mesh
-//! manifests' Deployments are pods of the two-node mesh (real ztunnels), their Services the
-//! local config's services; the waypoint sits between the client and them.
+//! manifests' Deployments are pods behind real ztunnels, their Services the mesh's services;
+//! the waypoint sits between the client and them.
 //!
-//! How routes reach the waypoint is a [`RouteSource`]: a directory of YAML files today
-//! ([`FileDir`]); the same tables can run against routes applied with kubectl to a real
-//! apiserver once the waypoint watches one.
+//! How routes reach the waypoint is a [`RouteSource`]: a directory of YAML files the waypoint
+//! watches in file mode ([`FileDir`], on the two-node mesh of [`Harness`]). The cases run
+//! through [`Runner`], which knows nothing of the mode.
 
 pub mod case;
 pub mod cases_filters;
@@ -15,10 +15,12 @@ pub mod manifests;
 pub mod upstream;
 
 mod harness;
+mod run;
 
 pub use case::{Body, Case, MeshTest};
-pub use harness::{FileDir, Harness, RouteSource};
+pub use harness::{FileDir, Harness};
 pub use manifests::Doc;
+pub use run::{RouteSource, Runner, Targets, CONSUMER_NS, MESH_NS};
 
 use cases_filters as f;
 use cases_routing as r;
