@@ -19,7 +19,9 @@ use test_support::ChildGuard;
 
 mod backends;
 mod exchange;
+mod pod_client;
 pub use backends::{GrpcBackend, HttpBackend};
+pub use pod_client::PodClient;
 
 use crate::mesh::{find_binary, http_in, Mesh, NAMESPACE, TRUST_DOMAIN};
 

@@ -5,8 +5,10 @@
 //! the waypoint sits between the client and them.
 //!
 //! How routes reach the waypoint is a [`RouteSource`]: a directory of YAML files the waypoint
-//! watches in file mode ([`FileDir`], on the two-node mesh of [`Harness`]). The cases run
-//! through [`Runner`], which knows nothing of the mode.
+//! watches in file mode ([`FileDir`], on the two-node mesh of [`Harness`]), or the upstream
+//! manifests applied with kubectl to the real apiserver, watched by the waypoint in cluster
+//! mode ([`KubectlApply`], on the cluster of [`ClusterHarness`]: real Services and Pods,
+//! istiod's workload xDS). The cases run the same way in both ([`Runner`]).
 
 pub mod case;
 pub mod cases_filters;
@@ -14,10 +16,12 @@ pub mod cases_routing;
 pub mod manifests;
 pub mod upstream;
 
+mod cluster;
 mod harness;
 mod run;
 
 pub use case::{Body, Case, MeshTest};
+pub use cluster::{ClusterHarness, KubectlApply};
 pub use harness::{FileDir, Harness};
 pub use manifests::Doc;
 pub use run::{RouteSource, Runner, Targets, CONSUMER_NS, MESH_NS};
