@@ -288,7 +288,7 @@ const ROUTE_KINDS: [(&str, &str); 2] = [("HTTPRoute", "httproutes"), ("GRPCRoute
 /// Routes applied with kubectl to the real apiserver, read by the waypoint from its API watch.
 /// The previous test's routes are deleted first (and gone from the waypoint's config); a
 /// test's routes are in force once the waypoint's config_dump lists them and each carries the
-/// waypoint's Accepted condition for its generation, for every parentRef.
+/// waypoint's status for its generation on every parentRef (see [`in_force`]).
 pub struct KubectlApply<'a> {
     pub harness: &'a ClusterHarness,
 }
@@ -340,7 +340,10 @@ impl RouteSource for KubectlApply<'_> {
                 last = format!("not in the waypoint's config_dump: {missing:?}");
                 return false;
             }
-            match docs.iter().try_for_each(|d| accepted(&h.cluster, d)) {
+            match docs
+                .iter()
+                .try_for_each(|d| in_force(&h.cluster, &h.targets, d))
+            {
                 Ok(()) => true,
                 Err(e) => {
                     last = format!("{e:#}");
@@ -353,10 +356,12 @@ impl RouteSource for KubectlApply<'_> {
     }
 }
 
-/// Whether route `d`, as the API has it now, carries our Accepted=True condition for its
-/// generation on as many parents as it has parentRefs (the waypoint serves them all); a
-/// refusal is an error with the waypoint's message.
-fn accepted(cluster: &Cluster, d: &Doc) -> Result<()> {
+/// Whether route `d`, as the API has it now, carries the waypoint's status for its
+/// generation on as many parents as it has parentRefs (the waypoint serves them all):
+/// Accepted=True, and ResolvedRefs True exactly when every backend Service is one of
+/// `targets`' (upstream's MeshGRPCRouteWeight names a missing echo-v3). A refusal, or a
+/// ResolvedRefs that says otherwise, is an error with the waypoint's message.
+fn in_force(cluster: &Cluster, targets: &Targets, d: &Doc) -> Result<()> {
     let plural = ROUTE_KINDS
         .iter()
         .find(|(k, _)| *k == d.kind)
@@ -367,34 +372,71 @@ fn accepted(cluster: &Cluster, d: &Doc) -> Result<()> {
         .api()
         .try_get(res, Some(&d.namespace), &d.name)?
         .with_context(|| format!("{} not in the API", d.id()))?;
+    let resolvable = backends(&obj)
+        .iter()
+        .all(|k| targets.services.contains_key(k));
     let generation = &obj["metadata"]["generation"];
     let refs = obj["spec"]["parentRefs"].as_array().map_or(0, Vec::len);
-    let ours: Vec<&Value> = obj["status"]["parents"]
+    let mut ok = 0;
+    for p in obj["status"]["parents"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["controllerName"] == CONTROLLER)
-        .collect();
-    let mut ok = 0;
-    for p in &ours {
-        let Some(c) = p["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "Accepted" && &c["observedGeneration"] == generation)
+    {
+        let condition = |t: &str| {
+            p["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == t && &c["observedGeneration"] == generation)
+        };
+        let (Some(accepted), Some(resolved)) = (condition("Accepted"), condition("ResolvedRefs"))
         else {
             continue;
         };
-        if c["status"] != "True" {
-            bail!("{} refused by the waypoint: {}", d.id(), c["message"]);
+        if accepted["status"] != "True" {
+            bail!(
+                "{} refused by the waypoint: {}",
+                d.id(),
+                accepted["message"]
+            );
+        }
+        let want = if resolvable { "True" } else { "False" };
+        if resolved["status"] != want {
+            bail!(
+                "{}: ResolvedRefs {} (want {want}): {}",
+                d.id(),
+                resolved["status"],
+                resolved["message"]
+            );
         }
         ok += 1;
     }
     if refs == 0 || ok < refs {
         bail!(
-            "{}: Accepted by the waypoint on {ok} of {refs} parents (generation {generation})",
+            "{}: status from the waypoint on {ok} of {refs} parents (generation {generation})",
             d.id()
         );
     }
     Ok(())
+}
+
+/// (namespace, name) of every Service a route's rules send to.
+fn backends(route: &Value) -> Vec<(String, String)> {
+    let ns = route["metadata"]["namespace"].as_str().unwrap_or("default");
+    route["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["backendRefs"].as_array().into_iter().flatten())
+        .filter(|b| b["kind"].as_str().unwrap_or("Service") == "Service")
+        .filter_map(|b| {
+            let name = b["name"].as_str()?;
+            Some((
+                b["namespace"].as_str().unwrap_or(ns).to_owned(),
+                name.to_owned(),
+            ))
+        })
+        .collect()
 }
