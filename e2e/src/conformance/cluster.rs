@@ -24,7 +24,9 @@ use super::run::{
     Clients, Request, RouteSource, Runner, Sent, Targets, CONSUMER_NS, GRPC_PORT, HTTP_PORT,
     MESH_NS,
 };
-use crate::cluster::{wait_until, Cluster, ClusterOptions, ClusterWaypoint, Pod, PodSpec};
+use crate::cluster::{
+    wait_until, workload_uid, Cluster, ClusterOptions, ClusterWaypoint, Pod, PodSpec,
+};
 use crate::waypoint::{GrpcBackend, HttpBackend, PodClient};
 
 /// The waypoint's Gateway, in the mesh namespace.
@@ -187,7 +189,8 @@ impl ClusterHarness {
     }
 
     /// Waits until istiod has bound every Service of the mesh namespace to the waypoint in
-    /// both ztunnels' config and the waypoint knows them all (its config_dump lists them).
+    /// both ztunnels' config, both ztunnels know the waypoint's pod (where to send), and the
+    /// waypoint knows the Services (its config_dump lists them).
     fn wait_bound(&self) -> Result<()> {
         let mesh_services: Vec<&str> = self
             .manifests
@@ -196,21 +199,26 @@ impl ClusterHarness {
             .filter(|s| s.namespace == MESH_NS)
             .map(|s| s.name.as_str())
             .collect();
+        let waypoint_uid = workload_uid(&self.waypoint.pod.namespace, &self.waypoint.pod.name);
         wait_until(
             SETUP_TIMEOUT,
-            "mesh Services bound to the waypoint in every ztunnel",
+            "mesh Services bound to the waypoint, and its pod, in every ztunnel",
             || {
                 self.cluster.nodes.iter().all(|n| {
                     self.cluster.config_dump(n.id).is_ok_and(|d| {
-                        mesh_services.iter().all(|name| {
-                            d["services"].as_array().is_some_and(|ss| {
-                                ss.iter().any(|s| {
-                                    s["name"] == *name
-                                        && s["namespace"] == MESH_NS
-                                        && !s["waypoint"].is_null()
+                        let has_waypoint = d["workloads"]
+                            .as_array()
+                            .is_some_and(|ws| ws.iter().any(|w| w["uid"] == waypoint_uid.as_str()));
+                        has_waypoint
+                            && mesh_services.iter().all(|name| {
+                                d["services"].as_array().is_some_and(|ss| {
+                                    ss.iter().any(|s| {
+                                        s["name"] == *name
+                                            && s["namespace"] == MESH_NS
+                                            && !s["waypoint"].is_null()
+                                    })
                                 })
                             })
-                        })
                     })
                 })
             },
