@@ -65,18 +65,14 @@ impl ClusterHarness {
         let of_kind =
             |k: &str| -> Vec<Doc> { upstream.iter().filter(|d| d.kind == k).cloned().collect() };
         kubectl_apply(&cluster, "mesh-namespaces", &of_kind("Namespace"))?;
+        let ambient = "istio.io/dataplane-mode=ambient".to_owned();
+        let bound = format!("istio.io/use-waypoint={GATEWAY}");
         for (ns, labels) in [
-            (
-                MESH_NS,
-                &[
-                    "istio.io/dataplane-mode=ambient",
-                    "istio.io/use-waypoint=waypoint",
-                ][..],
-            ),
-            (CONSUMER_NS, &["istio.io/dataplane-mode=ambient"][..]),
+            (MESH_NS, vec![&ambient, &bound]),
+            (CONSUMER_NS, vec![&ambient]),
         ] {
             let mut args = vec!["label", "namespace", ns, "--overwrite"];
-            args.extend(labels);
+            args.extend(labels.iter().map(|l| l.as_str()));
             cluster.kubectl.ok(&args)?;
         }
         kubectl_apply(&cluster, "mesh-services", &of_kind("Service"))?;
