@@ -16,6 +16,8 @@ mod http;
 #[path = "mesh/load.rs"]
 #[allow(dead_code)] // each bench uses a part
 mod load;
+#[path = "mesh/profile.rs"]
+mod profile;
 
 use load::{
     connect, conns_per_sec, cpu_secs, latency, rss_mib, sink_and_echo_servers, throughput, BULK,
@@ -58,6 +60,10 @@ fn main() {
     for pod in ["b1", "b2"] {
         sink_and_echo_servers(mesh.pod_ns(pod));
         http::close_server(mesh.pod_ns(pod));
+    }
+    if let Ok(kind) = std::env::var("MESHTUNNEL_BENCH_PROFILE") {
+        profile::run(&mesh, &kind);
+        return;
     }
     let direct = |port| mesh.addr("b2", port);
     let meshed = |port| mesh.addr("b1", port);
