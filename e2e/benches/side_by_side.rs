@@ -227,7 +227,12 @@ fn median(v: impl Iterator<Item = f64>) -> f64 {
         return f64::NAN;
     }
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 fn report(results: &[Vec<Figures>; 3]) {
