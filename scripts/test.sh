@@ -15,8 +15,8 @@ scripts/setup-system.sh
 MESHTUNNEL_CONTROLPLANE_DIR=$(bash scripts/build-controlplane.sh | tail -n 1)
 export MESHTUNNEL_CONTROLPLANE_DIR
 # The Gateway API conformance suite (its mesh tests' manifests) at the version the control plane
-# pins, read by e2e/tests/waypoint_conformance.rs. Its own Go module; downloaded outside any
-# module so no go.mod or go.sum changes.
+# pins, read by e2e/tests/waypoint_conformance.rs and waypoint_conformance_cluster.rs. Its own
+# Go module; downloaded outside any module so no go.mod or go.sum changes.
 gateway_version=$(cd e2e/controlplane/istio && go list -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
 MESHTUNNEL_GATEWAY_API_DIR=$(cd /tmp && GOFLAGS= go mod download -json \
   "sigs.k8s.io/gateway-api/conformance@$gateway_version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')

@@ -2,6 +2,7 @@
 //! `cni-agent`). Modules are grouped by the seam they own; see ARCHITECTURE.md for the data flow.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod authz;
 pub mod config;

@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    meshtunnel::allocator::tune();
     let log = meshtunnel::logging::init(&cli.settings.log_level, cli.settings.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -299,6 +299,8 @@ async fn client_speaks_delta_ads_to_a_real_grpc_server() {
         "istio_xds_message_bytes_total{url=\"type.googleapis.com/istio.workload.Address\"}",
         "istio_xds_connection_terminations_total{reason=\"Complete\"} 1",
         "ztunnel_xds_nacks_total{url=\"type.googleapis.com/istio.workload.Address\"} 1",
+        // The second stream is open.
+        "ztunnel_xds_connected 1",
     ] {
         assert!(text.contains(want), "{want} not in\n{text}");
     }

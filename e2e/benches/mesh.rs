@@ -5,17 +5,23 @@
 //! Run: `cargo build --release --workspace --bins && cargo bench -p meshtunnel-e2e`.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use meshtunnel_e2e::{Mesh, MeshOptions};
-use test_support::{run_in, thread_in, Netns, NodeId};
+use test_support::NodeId;
 
 #[path = "mesh/http.rs"]
 mod http;
+#[path = "mesh/load.rs"]
+#[allow(dead_code)] // each bench uses a part
+mod load;
+#[path = "mesh/profile.rs"]
+mod profile;
 
-const BULK: usize = 256 * 1024 * 1024;
+use load::{
+    connect, conns_per_sec, cpu_secs, latency, rss_mib, sink_and_echo_servers, throughput, BULK,
+};
 
 fn main() {
     if std::env::var_os(http::HOLD_SERVER_ENV).is_some() {
@@ -55,6 +61,10 @@ fn main() {
         sink_and_echo_servers(mesh.pod_ns(pod));
         http::close_server(mesh.pod_ns(pod));
     }
+    if let Ok(kind) = std::env::var("MESHTUNNEL_BENCH_PROFILE") {
+        profile::run(&mesh, &kind);
+        return;
+    }
     let direct = |port| mesh.addr("b2", port);
     let meshed = |port| mesh.addr("b1", port);
     let a1 = mesh.pod_ns("a1");
@@ -69,8 +79,8 @@ fn main() {
             m,
         );
     }
-    let (d50, d99) = latency(a1, direct(9001), true);
-    let (m50, m99) = latency(a1, meshed(9001), false);
+    let (d50, d99) = latency(a1, direct(9001), true, 1024);
+    let (m50, m99) = latency(a1, meshed(9001), false, 1024);
     row("1 KiB req/resp latency p50 (µs)", d50, m50);
     row("1 KiB req/resp latency p99 (µs)", d99, m99);
     let d = conns_per_sec(a1, direct(9001), true);
@@ -157,144 +167,4 @@ fn row(name: &str, direct: f64, meshed: f64) {
         "| {name} | {direct:.2} | {meshed:.2} | {:.2} |",
         meshed / direct
     );
-}
-
-/// Port 9000 swallows bytes; port 9001 echoes fixed 1 KiB messages.
-fn sink_and_echo_servers(ns: &Netns) {
-    let sink = run_in(ns, || TcpListener::bind("0.0.0.0:9000")).unwrap();
-    let echo = run_in(ns, || TcpListener::bind("0.0.0.0:9001")).unwrap();
-    let _ = thread_in(ns, move || {
-        for c in sink.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut c = c;
-                let mut buf = vec![0u8; 256 * 1024];
-                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    let _ = thread_in(ns, move || {
-        for c in echo.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut c = c;
-                let _ = c.set_nodelay(true);
-                let mut buf = [0u8; 1024];
-                while c.read_exact(&mut buf).is_ok() {
-                    if c.write_all(&buf).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
-/// A connection from pod a1; `bypass` marks it 0x539 so the pod's capture rules let it pass.
-pub(crate) fn connect(ns: &Netns, dst: SocketAddr, bypass: bool) -> TcpStream {
-    run_in(ns, || {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        if bypass {
-            s.set_mark(0x539)?;
-        }
-        s.set_tcp_nodelay(true)?;
-        s.connect_timeout(&dst.into(), Duration::from_secs(5))?;
-        Ok::<_, std::io::Error>(TcpStream::from(s))
-    })
-    .expect("connect")
-}
-
-fn throughput(ns: &Netns, dst: SocketAddr, streams: usize, bypass: bool) -> f64 {
-    let conns: Vec<TcpStream> = (0..streams).map(|_| connect(ns, dst, bypass)).collect();
-    let per = BULK / streams;
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for mut c in conns {
-            s.spawn(move || {
-                let buf = vec![0x5au8; 256 * 1024];
-                let mut left = per;
-                while left > 0 {
-                    let n = left.min(buf.len());
-                    c.write_all(&buf[..n]).unwrap();
-                    left -= n;
-                }
-                c.shutdown(Shutdown::Write).unwrap();
-                let mut b = [0u8; 1];
-                let _ = c.read(&mut b); // wait for the sink to finish reading
-            });
-        }
-    });
-    (BULK as f64 * 8.0) / start.elapsed().as_secs_f64() / 1e9
-}
-
-fn latency(ns: &Netns, dst: SocketAddr, bypass: bool) -> (f64, f64) {
-    let mut c = connect(ns, dst, bypass);
-    let msg = [7u8; 1024];
-    let mut back = [0u8; 1024];
-    let mut samples = Vec::with_capacity(5000);
-    for i in 0..5200 {
-        let t = Instant::now();
-        c.write_all(&msg).unwrap();
-        c.read_exact(&mut back).unwrap();
-        if i >= 200 {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
-    (p(0.50), p(0.99))
-}
-
-fn conns_per_sec(ns: &Netns, dst: SocketAddr, bypass: bool) -> f64 {
-    let fd = ns.open_fd().unwrap();
-    let dur = Duration::from_secs(3);
-    let start = Instant::now();
-    let total: usize = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..4)
-            .map(|_| {
-                let fd = fd.as_fd().try_clone_to_owned().unwrap();
-                s.spawn(move || {
-                    nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                    let mut n = 0;
-                    while start.elapsed() < dur {
-                        let s = socket2::Socket::new(
-                            socket2::Domain::IPV4,
-                            socket2::Type::STREAM,
-                            None,
-                        )
-                        .unwrap();
-                        if bypass {
-                            s.set_mark(0x539).unwrap();
-                        }
-                        s.connect(&dst.into()).unwrap();
-                        let mut c = TcpStream::from(s);
-                        c.write_all(&[1u8; 1024]).unwrap();
-                        let mut b = [0u8; 1024];
-                        c.read_exact(&mut b).unwrap();
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    });
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }

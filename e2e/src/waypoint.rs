@@ -18,7 +18,10 @@ use rustls::pki_types::ServerName;
 use test_support::ChildGuard;
 
 mod backends;
+mod exchange;
+mod pod_client;
 pub use backends::{GrpcBackend, HttpBackend};
+pub use pod_client::PodClient;
 
 use crate::mesh::{find_binary, http_in, Mesh, NAMESPACE, TRUST_DOMAIN};
 
@@ -348,42 +351,7 @@ impl HboneClient {
                 let _slot = guard;
                 let _ = meshtunnel::hbone::copy_bidirectional(far, send, recv).await;
             });
-            let (client, conn) = h2::client::handshake(near).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let mut client = client.ready().await?;
-            let req = http::Request::builder()
-                .method(http::Method::POST)
-                .uri(format!("http://echo{path}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())?;
-            let (resp, _) = client.send_request(req, true)?;
-            let resp = resp.await?;
-            let status = resp.status().as_u16();
-            let mut headers: BTreeMap<String, String> = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-                .collect();
-            let mut body = resp.into_body();
-            let mut raw = Vec::new();
-            while let Some(chunk) = body.data().await {
-                let chunk = chunk?;
-                let _ = body.flow_control().release_capacity(chunk.len());
-                raw.extend_from_slice(&chunk);
-            }
-            if let Some(t) = body.trailers().await? {
-                for (k, v) in &t {
-                    headers.insert(k.to_string(), v.to_str().unwrap_or("").to_owned());
-                }
-            }
-            Ok(Reply {
-                status,
-                headers,
-                body: String::from_utf8_lossy(&raw).into_owned(),
-            })
+            exchange::grpc_on(near, path).await
         };
         tokio::time::timeout(Duration::from_secs(15), work)
             .await
@@ -420,19 +388,7 @@ impl HboneClient {
             if tunnel.response.status() != 200 {
                 bail!("CONNECT answered {}", tunnel.response.status());
             }
-            let host = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("host"))
-                .map_or(host, |(_, v)| v);
-            let mut head =
-                format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-            for (k, v) in headers
-                .iter()
-                .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
-            {
-                head += &format!("{k}: {v}\r\n");
-            }
-            head += "Content-Length: 0\r\n\r\n";
+            let head = exchange::request_head(method, path, host, headers);
             tunnel.send.send_data(Bytes::from(head), false)?;
             let mut body = tunnel.response.into_body();
             let mut raw = Vec::new();
@@ -441,32 +397,10 @@ impl HboneClient {
                 let _ = body.flow_control().release_capacity(chunk.len());
                 raw.extend_from_slice(&chunk);
             }
-            parse_reply(&raw)
+            exchange::parse_reply(&raw)
         };
         tokio::time::timeout(Duration::from_secs(15), work)
             .await
             .context("request through the waypoint timed out")?
     }
-}
-
-fn parse_reply(raw: &[u8]) -> Result<Reply> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("no end of response head")?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line in {head:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use controlplane::Resource;
 use meshtunnel::state::Protocol;
-use meshtunnel_e2e::cluster::{wait_until, Cluster, ClusterOptions, Pod, PodSpec, DATAPLANE_LABEL};
+use meshtunnel_e2e::cluster::{
+    wait_until, Cluster, ClusterOptions, ClusterWaypoint, Pod, PodSpec, DATAPLANE_LABEL,
+};
 use meshtunnel_e2e::mesh::http_in;
 use meshtunnel_e2e::waypoint::HttpBackend;
 use serde_json::Value;
@@ -54,6 +56,18 @@ fn route(cluster: &Cluster) -> Option<Value> {
         .try_get(HTTPROUTES, Some(NS), "split")
         .ok()
         .flatten()
+}
+
+/// The waypoint's `/stats/prometheus`, from its pod.
+fn stats(cluster: &Cluster, waypoint: &ClusterWaypoint) -> String {
+    http_in(
+        cluster.netns_of(&waypoint.pod),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 15020)),
+        "GET",
+        "/stats/prometheus",
+    )
+    .map(|(_, body)| body)
+    .unwrap_or_default()
 }
 
 fn our_status(route: &Value) -> Option<&Value> {
@@ -312,4 +326,70 @@ spec:
         v1_seen |= body.starts_with("pod=v1");
     }
     assert!(v1_seen, "the previous split stays in force");
+
+    // The control-plane side on /stats/prometheus: the refused route counted, istiod's stream
+    // up with its pushes counted, echo, echo-v1 and echo-v2 served (the namespace's label).
+    let page = stats(&cluster, &waypoint);
+    for want in [
+        "waypoint_kube_objects_total{kind=\"HTTPRoute\",result=\"refused\"} 1",
+        "waypoint_xds_connected 1",
+        "istio_xds_message_total{url=\"type.googleapis.com/istio.workload.Address\"}",
+        "waypoint_served_services 3",
+    ] {
+        assert!(page.contains(want), "{want} not in\n{page}");
+    }
+
+    // echo leaves the waypoint (`none` opts a Service out of its namespace's waypoint): our
+    // entry for it goes from the route's status, other controllers' entries are not ours to
+    // touch.
+    let before: Vec<Value> = route(&cluster).unwrap()["status"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["controllerName"] != "meshtunnel.io/waypoint")
+        .cloned()
+        .collect();
+    cluster
+        .kubectl
+        .ok(&[
+            "label",
+            "--overwrite",
+            "-n",
+            NS,
+            "service",
+            "echo",
+            "istio.io/use-waypoint=none",
+        ])
+        .unwrap_or_else(|e| fail("unbinding echo", &e));
+    let unbound = Instant::now();
+    wait_until(GENEROUS, "our status entry removed after unbinding", || {
+        route(&cluster).is_some_and(|r| our_status(&r).is_none())
+    })
+    .unwrap_or_else(|e| fail("unbound parent", &e));
+    eprintln!(
+        "our entry gone {} ms after the unbinding label",
+        unbound.elapsed().as_millis()
+    );
+    wait_until(GENEROUS, "two services served after unbinding echo", || {
+        stats(&cluster, &waypoint).contains("waypoint_served_services 2")
+    })
+    .unwrap_or_else(|e| fail("served services", &e));
+    let after = route(&cluster).unwrap();
+    let others: Vec<String> = after["status"]["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["controllerName"].as_str().map(str::to_owned))
+        .collect();
+    eprintln!(
+        "controllers before unbinding {:?}, after {others:?}",
+        before
+            .iter()
+            .filter_map(|p| p["controllerName"].as_str())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        others.contains(&"istio.io/gateway-controller".to_owned()),
+        "istiod's entry stays: {others:?}"
+    );
 }

@@ -5,35 +5,13 @@
 
 use std::collections::BTreeSet;
 
-use meshtunnel_e2e::conformance::{upstream, FileDir, Harness, MeshTest, ALL};
-
-/// Every `ShortName` the suite's mesh tests declare: a test added upstream must be ported
-/// (or listed as not ported) before this passes.
-fn upstream_names(suite: &std::path::Path) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for e in std::fs::read_dir(suite.join("tests/mesh")).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "go") {
-            let text = std::fs::read_to_string(&p).unwrap();
-            for l in text.lines() {
-                if let Some(rest) = l.trim().strip_prefix("ShortName:") {
-                    names.insert(
-                        rest.trim()
-                            .trim_matches(|c| c == '"' || c == ',')
-                            .to_owned(),
-                    );
-                }
-            }
-        }
-    }
-    names
-}
+use meshtunnel_e2e::conformance::{upstream, FileDir, Harness, ALL};
 
 #[test]
 fn gateway_api_mesh_conformance_file_mode() {
     let suite = upstream::suite_dir().unwrap();
     let ported: BTreeSet<String> = ALL.iter().map(|t| t.name.to_owned()).collect();
-    let upstream = upstream_names(&suite);
+    let upstream = upstream::short_names(&suite).unwrap();
     assert_eq!(
         upstream.difference(&ported).collect::<Vec<_>>(),
         Vec::<&String>::new(),
@@ -48,7 +26,7 @@ fn gateway_api_mesh_conformance_file_mode() {
         let failed = h.run(&src, t).unwrap_or_else(|e| {
             panic!("{}: {e:#}\n--- waypoint ---\n{}", t.name, h.waypoint.logs())
         });
-        report.push(line(t, failed.is_empty()));
+        report.push(t.report_line(failed.is_empty()));
         failures.extend(failed);
     }
     eprintln!("{}", report.join("\n"));
@@ -58,14 +36,4 @@ fn gateway_api_mesh_conformance_file_mode() {
         failures.len(),
         failures.join("\n")
     );
-}
-
-fn line(t: &MeshTest, pass: bool) -> String {
-    format!(
-        "{:<45} {:<9} {:<8} {}",
-        t.name,
-        t.profile(),
-        if t.core() { "core" } else { "extended" },
-        if pass { "PASS" } else { "FAIL" }
-    )
 }

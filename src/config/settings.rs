@@ -213,6 +213,25 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub keepalive_retries: u32,
 
+    /// HTTP/2 flow-control window of each HBONE stream (upstream's setting and default).
+    #[arg(long, env = "HTTP2_STREAM_WINDOW_SIZE", value_name = "BYTES",
+          default_value_t = 4 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(65_535..=0x7FFF_FFFF))]
+    pub http2_stream_window_size: u32,
+
+    /// HTTP/2 flow-control window of each HBONE connection (upstream's setting and default).
+    #[arg(long, env = "HTTP2_CONNECTION_WINDOW_SIZE", value_name = "BYTES",
+          default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(65_535..=0x7FFF_FFFF))]
+    pub http2_connection_window_size: u32,
+
+    /// Largest HTTP/2 frame a peer may send us (upstream's setting; HTTP/2 allows 16 KiB to
+    /// 16 MiB - 1).
+    #[arg(long, env = "HTTP2_FRAME_SIZE", value_name = "BYTES",
+          default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
+    pub http2_frame_size: u32,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -233,6 +252,9 @@ impl Settings {
     pub fn h2(&self) -> crate::hbone::H2Settings {
         crate::hbone::H2Settings {
             handshake_timeout: self.handshake_timeout,
+            stream_window: self.http2_stream_window_size,
+            connection_window: self.http2_connection_window_size,
+            max_frame_size: self.http2_frame_size,
             sockets: crate::proxy::SocketOptions {
                 connect_timeout: self.connect_timeout,
                 keepalive: self.keepalive_enabled.then_some(crate::proxy::Keepalive {

@@ -127,7 +127,7 @@ impl Metrics {
                 "Bytes sent to the client during the connection (response direction)",
                 traffic.sent.clone(),
             );
-            crate::xds::metrics::XdsMetrics::register(istio)
+            crate::xds::metrics::XdsMetrics::register(istio, "ztunnel")
         };
         register_xds_root(&mut registry);
         let active_proxies = Gauge::default();

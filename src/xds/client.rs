@@ -111,6 +111,7 @@ pub async fn run(
         warn!(address = %cfg.address, error = %error, retry_in = ?backoff,
               "xDS stream ended; the config in force stays until istiod is back");
         status.disconnected(error);
+        metrics.connected(false);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.cancelled() => return,
@@ -221,6 +222,7 @@ async fn stream_once(
         .into_inner();
     info!(address = %cfg.address, "xDS stream established");
     status.connected(SystemTime::now());
+    metrics.connected(true);
     let mut got_response = false;
     loop {
         let first = match inbound.message().await {

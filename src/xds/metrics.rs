@@ -1,9 +1,11 @@
 //! The xDS client's metrics, under upstream ztunnel's names (`istio_xds_*`), plus a NACK
-//! counter of our own.
+//! counter and a connection-state gauge of our own, named under the binary's prefix
+//! (`ztunnel_xds_*`, `waypoint_xds_*`: the client is shared, the process differs).
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::proto::discovery::DeltaDiscoveryResponse;
@@ -35,11 +37,16 @@ pub struct XdsMetrics {
     messages: Family<TypeUrl, Counter>,
     bytes: Family<TypeUrl, Counter>,
     nacks: Family<TypeUrl, Counter>,
+    connected: Gauge,
 }
 
 impl XdsMetrics {
-    /// Registers under `istio` (upstream's families) and the root registry (ours).
-    pub fn register(istio: &mut Registry) -> (Self, impl FnOnce(&mut Registry)) {
+    /// Registers under `istio` (upstream's families) and the root registry (ours, named
+    /// `<component>_xds_*`: `ztunnel`, `waypoint`).
+    pub fn register(
+        istio: &mut Registry,
+        component: &'static str,
+    ) -> (Self, impl FnOnce(&mut Registry)) {
         let m = XdsMetrics::default();
         istio.register(
             "xds_connection_terminations",
@@ -57,15 +64,25 @@ impl XdsMetrics {
             Unit::Bytes,
             m.bytes.clone(),
         );
-        let nacks = m.nacks.clone();
+        let (nacks, connected) = (m.nacks.clone(), m.connected.clone());
         let root = move |r: &mut Registry| {
             r.register(
-                "ztunnel_xds_nacks",
+                format!("{component}_xds_nacks"),
                 "xDS responses NACKed because some resource was refused, by type",
                 nacks,
             );
+            r.register(
+                format!("{component}_xds_connected"),
+                "1 while the xDS stream to istiod is open, else 0",
+                connected,
+            );
         };
         (m, root)
+    }
+
+    /// The stream to istiod opened (`true`) or ended.
+    pub fn connected(&self, up: bool) {
+        self.connected.set(i64::from(up));
     }
 
     pub fn terminated(&self, reason: Reason) {
@@ -94,5 +111,37 @@ impl XdsMetrics {
                 url: type_url.to_owned(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_families_carry_the_component_and_the_connection_state() {
+        let mut root = Registry::default();
+        let (m, register_root) =
+            XdsMetrics::register(root.sub_registry_with_prefix("istio"), "waypoint");
+        register_root(&mut root);
+        let text = |r: &Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, r).unwrap();
+            out
+        };
+        assert!(text(&root).contains("waypoint_xds_connected 0"));
+        m.connected(true);
+        m.nacked("type.googleapis.com/istio.workload.Address");
+        m.terminated(Reason::Complete);
+        let t = text(&root);
+        for want in [
+            "waypoint_xds_connected 1",
+            "waypoint_xds_nacks_total{url=\"type.googleapis.com/istio.workload.Address\"} 1",
+            "istio_xds_connection_terminations_total{reason=\"Complete\"} 1",
+        ] {
+            assert!(t.contains(want), "{want} not in\n{t}");
+        }
+        m.connected(false);
+        assert!(text(&root).contains("waypoint_xds_connected 0"));
     }
 }

@@ -78,6 +78,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     );
     let mesh = Arc::new(State::new(ConfigSnapshot::empty()));
     let cell = Arc::new(ConfigCell::default());
+    let mut telemetry = Telemetry::default();
     let mut sync = None;
     let (certs, tls) = match &xds_address {
         None => {
@@ -88,10 +89,22 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         }
         Some(address) => {
             // Cluster mode: istiod's workload xDS, the Kubernetes API, istiod's CA.
-            crate::cluster::gateway(&s)?;
+            let gateway = crate::cluster::gateway(&s)?;
+            let metrics = crate::cluster::metrics::ClusterMetrics::register(
+                telemetry.registry_mut(),
+                mesh.clone(),
+                gateway,
+            );
             sync = Some(
-                crate::cluster::start(&s, address, cell.clone(), mesh.clone(), stop.clone())
-                    .await?,
+                crate::cluster::start(
+                    &s,
+                    address,
+                    cell.clone(),
+                    mesh.clone(),
+                    metrics,
+                    stop.clone(),
+                )
+                .await?,
             );
             let ca_address = s.cluster.ca_address().unwrap_or_else(|| address.clone());
             let ca = crate::cluster::istio_ca(&s, ca_address)?;
@@ -113,7 +126,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         ..H2Settings::default()
     };
 
-    let telemetry = Arc::new(Telemetry::default());
+    let telemetry = Arc::new(telemetry);
     let shared = Arc::new(Shared {
         mesh: mesh.clone(),
         config: cell.clone(),

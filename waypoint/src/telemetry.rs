@@ -107,6 +107,12 @@ impl Default for Telemetry {
 }
 
 impl Telemetry {
+    /// Where other parts (cluster mode's control-plane side) register their families, before
+    /// the first scrape.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use test_support::{run_in, thread_in, Netns};
 
-use super::connect;
+use super::load::connect;
 
 pub const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
 pub const RESPONSE: usize = 1024;

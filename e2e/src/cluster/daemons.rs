@@ -117,8 +117,14 @@ impl Cluster {
     }
 
     pub fn start_ztunnel(&self, id: NodeId) -> Result<()> {
-        let node = self.node(id);
         let bin = find_binary("ztunnel", self.opts.release_binary)?;
+        self.start_ztunnel_binary(id, &bin)
+    }
+
+    /// As [`Cluster::start_ztunnel`], with another ztunnel binary given the same environment
+    /// (the side-by-side bench runs upstream's ztunnel this way: it reads the same settings).
+    pub fn start_ztunnel_binary(&self, id: NodeId, bin: &std::path::Path) -> Result<()> {
+        let node = self.node(id);
         let mut cmd = node.netns.command(bin.to_str().context("non-UTF-8 path")?);
         // As upstream's DaemonSet runs it: config over delta xDS and certificates from the
         // Istio CA, both istiod on :15012 (forwarded onto the node's loopback), with the
@@ -167,6 +173,10 @@ impl Cluster {
     /// SIGKILLs ztunnel on the node.
     pub fn kill_ztunnel(&self, id: NodeId) {
         self.lock_ztunnels()[idx(id)] = None;
+    }
+
+    pub fn ztunnel_pid(&self, id: NodeId) -> Option<u32> {
+        self.lock_ztunnels()[idx(id)].as_ref().map(Proc::id)
     }
 
     /// GET /healthz/ready on the node's ztunnel: (status code, body).

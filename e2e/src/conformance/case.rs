@@ -125,6 +125,17 @@ impl MeshTest {
             "MESH-HTTP"
         }
     }
+
+    /// The test's line of a run's report: name, profile, core or extended, PASS or FAIL.
+    pub fn report_line(&self, pass: bool) -> String {
+        format!(
+            "{:<45} {:<9} {:<8} {}",
+            self.name,
+            self.profile(),
+            if self.core() { "core" } else { "extended" },
+            if pass { "PASS" } else { "FAIL" }
+        )
+    }
 }
 
 /// Compares `reply` with `case`'s expectations; the error lists every difference.

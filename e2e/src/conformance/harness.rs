@@ -1,34 +1,22 @@
-//! The conformance mesh: the upstream mesh manifests' pods and services on the two-node mesh,
-//! the waypoint, mesh clients of both namespaces, and the run of one test's cases.
+//! The conformance mesh in file mode: the upstream mesh manifests' pods and services on the
+//! two-node mesh, the waypoint, and mesh clients of both namespaces sending to it over HBONE.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use meshtunnel::identity::Identity;
 
-use super::case::{check, Body, Case, From, MeshTest, Protocol, Weights};
-use super::manifests::{read_docs, vip, Doc, MeshManifests};
+use super::case::{MeshTest, Protocol};
+use super::manifests::{vip, Doc, MeshManifests};
+use super::run::{
+    Clients, Request, RouteSource, Runner, Sent, Targets, CONSUMER_NS, GRPC_PORT, HTTP_PORT,
+    MESH_NS,
+};
 use crate::mesh::{node_name, Mesh, MeshOptions, PodSpec, NAMESPACE, TRUST_DOMAIN};
-use crate::waypoint::{GrpcBackend, HboneClient, HttpBackend, Reply, Waypoint};
-
-pub const MESH_NS: &str = "gateway-conformance-mesh";
-pub const CONSUMER_NS: &str = "gateway-conformance-mesh-consumer";
-
-/// Upstream echo's HTTP and gRPC ports (`--port=8080`, `--grpc=7070`).
-const HTTP_PORT: u16 = 8080;
-const GRPC_PORT: u16 = 7070;
-/// The method upstream's echo client calls on a `grpc://` URL.
-const GRPC_PATH: &str = "/proto.EchoTestService/Echo";
-
-/// How a test's route objects come into force.
-pub trait RouteSource {
-    /// Makes `docs` the route objects in force (replacing the previous test's) and returns
-    /// once the waypoint routes by them.
-    fn apply(&self, docs: &[Doc]) -> Result<()>;
-}
+use crate::waypoint::{GrpcBackend, HboneClient, HttpBackend, Waypoint};
 
 /// Routes as a directory of YAML files the waypoint watches (file mode). The mesh's Services
 /// go along so the waypoint knows each port's `appProtocol`.
@@ -68,10 +56,8 @@ fn read_by_waypoint(kind: &str) -> bool {
 pub struct Harness {
     pub suite: PathBuf,
     pub manifests: MeshManifests,
-    /// Deployment (namespace, name) -> topology pod that runs it.
-    pods: BTreeMap<(String, String), &'static str>,
-    producer: Arc<HboneClient>,
-    consumer: Arc<HboneClient>,
+    targets: Targets,
+    clients: Arc<HboneClients>,
     _backends: (Vec<HttpBackend>, Vec<GrpcBackend>),
     pub waypoint: Waypoint,
     pub mesh: Mesh,
@@ -123,173 +109,70 @@ impl Harness {
             )
             .map(Arc::new)
         };
-        let (producer, consumer) = (client(MESH_NS)?, client(CONSUMER_NS)?);
+        let clients = Arc::new(HboneClients {
+            producer: client(MESH_NS)?,
+            consumer: client(CONSUMER_NS)?,
+        });
+        let targets = Targets {
+            services: manifests
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ((s.namespace.clone(), s.name.clone()), IpAddr::V4(vip(i))))
+                .collect(),
+            pods: pods
+                .iter()
+                .filter(|((ns, _), _)| ns == MESH_NS)
+                .map(|((_, name), pod)| (name.clone(), IpAddr::V4(mesh.pod_ip(pod))))
+                .collect(),
+        };
         Ok(Harness {
             suite,
             manifests,
-            pods,
-            producer,
-            consumer,
+            targets,
+            clients,
             _backends: (http, grpc),
             waypoint,
             mesh,
         })
     }
 
-    /// The route documents of `t`'s manifests, read from the suite.
-    pub fn docs(&self, t: &MeshTest) -> Result<Vec<Doc>> {
-        let mut out = Vec::new();
-        for m in t.manifests {
-            out.extend(read_docs(&self.suite.join(m))?);
+    pub fn runner(&self) -> Runner<'_> {
+        Runner {
+            rt: &self.mesh.rt,
+            suite: &self.suite,
+            targets: &self.targets,
+            clients: self.clients.clone(),
         }
-        Ok(out)
-    }
-
-    /// Where a client of `from` sends for `host` (see [`Case::host`]).
-    pub fn resolve(&self, from: From, host: &str) -> Result<SocketAddr> {
-        let (name, port) = match host.rsplit_once(':') {
-            Some((n, p)) => (n, p.parse().context("port")?),
-            None => (host, 80),
-        };
-        if let Some(deploy) = name.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
-            let pod = self
-                .pods
-                .get(&(MESH_NS.to_owned(), deploy.to_owned()))
-                .with_context(|| format!("no pod for {deploy}"))?;
-            return Ok(SocketAddr::new(self.mesh.pod_ip(pod).into(), port));
-        }
-        let mut labels = name.split('.');
-        let svc = labels.next().unwrap_or("");
-        let ns = labels.next().unwrap_or(match from {
-            From::Producer => MESH_NS,
-            From::Consumer => CONSUMER_NS,
-        });
-        let i = self
-            .manifests
-            .services
-            .iter()
-            .position(|s| s.name == svc && s.namespace == ns)
-            .with_context(|| format!("no Service {ns}/{svc} for host {host}"))?;
-        Ok(SocketAddr::new(IpAddr::V4(vip(i)), port))
-    }
-
-    fn client(&self, from: From) -> &Arc<HboneClient> {
-        match from {
-            From::Producer => &self.producer,
-            From::Consumer => &self.consumer,
-        }
-    }
-
-    /// The Host a client sends for `host`: a pod placeholder becomes the pod's IP.
-    fn host_header(&self, host: &str) -> Result<String> {
-        if host.starts_with('{') {
-            return Ok(self.resolve(From::Producer, host)?.to_string());
-        }
-        Ok(host.to_owned())
-    }
-
-    pub fn send(&self, c: &Case) -> Result<Reply> {
-        let dst = self.resolve(c.from, c.host)?;
-        let host = self.host_header(c.host)?;
-        self.mesh.rt.block_on(
-            self.client(c.from)
-                .request_to_host(dst, c.method, c.path, &host, c.headers),
-        )
     }
 
     /// Applies `t`'s manifests through `src` and runs its cases; returns one line per case
     /// that failed (empty: the test passed).
     pub fn run(&self, src: &dyn RouteSource, t: &MeshTest) -> Result<Vec<String>> {
-        src.apply(&self.docs(t)?)?;
-        match t.body {
-            Body::Cases(cases) => Ok(cases
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| {
-                    let r = self.send(c).and_then(|reply| {
-                        check(c, &reply).with_context(|| format!("reply {reply:?}"))
-                    });
-                    r.err()
-                        .map(|e| format!("{} case {i} {:?}: {e:#}", t.name, c.name))
-                })
-                .collect()),
-            Body::Weights(w) => Ok(self
-                .weights(t, &w)
-                .err()
-                .into_iter()
-                .map(|e| format!("{}: {e:#}", t.name))
-                .collect()),
-        }
+        self.runner().run(src, t)
     }
+}
 
-    /// Upstream's weighted-distribution check: 500 requests, 10 at a time, every backend's
-    /// share within 5 % of its weight, up to 10 tries.
-    fn weights(&self, t: &MeshTest, w: &Weights) -> Result<()> {
-        let dst = self.resolve(From::Producer, w.host)?;
-        let mut last = String::new();
-        for _ in 0..10 {
-            let pods = self.batch(dst, w, 500, 10)?;
-            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-            for p in &pods {
-                let backend = w
-                    .shares
-                    .iter()
-                    .find(|(b, _)| p.starts_with(b))
-                    .map_or(p.as_str(), |(b, _)| b);
-                *counts.entry(backend.to_owned()).or_default() += 1;
-            }
-            let off: Vec<String> = w
-                .shares
-                .iter()
-                .filter_map(|(b, want)| {
-                    let got = counts.get(*b).copied().unwrap_or(0) as f64 / pods.len() as f64;
-                    ((got - want).abs() > 0.05).then(|| format!("{b} {got:.3} (want {want})"))
-                })
-                .chain(
-                    counts
-                        .keys()
-                        .filter(|k| !w.shares.iter().any(|(b, _)| b == k))
-                        .map(|k| format!("unexpected backend {k}")),
-                )
-                .collect();
-            if off.is_empty() {
-                eprintln!("{}: {counts:?}", t.name);
-                return Ok(());
-            }
-            last = format!("{counts:?}: {}", off.join(", "));
-        }
-        bail!("distribution off after 10 tries: {last}")
-    }
+/// Clients standing for the echo-v1 pods of both namespaces, sending into the waypoint.
+struct HboneClients {
+    producer: Arc<HboneClient>,
+    consumer: Arc<HboneClient>,
+}
 
-    /// `n` requests, `conc` at a time; the answering pod of each (an error fails the batch).
-    fn batch(&self, dst: SocketAddr, w: &Weights, n: usize, conc: usize) -> Result<Vec<String>> {
-        let client = self.producer.clone();
-        let (host, proto) = (w.host.to_owned(), w.protocol);
-        self.mesh.rt.block_on(async move {
-            let mut set = tokio::task::JoinSet::new();
-            let mut out = Vec::with_capacity(n);
-            let mut sent = 0;
-            while out.len() < n {
-                while sent < n && set.len() < conc {
-                    let (c, host) = (client.clone(), host.clone());
-                    set.spawn(async move {
-                        match proto {
-                            Protocol::Http => c.request_to_host(dst, "GET", "/", &host, &[]).await,
-                            Protocol::Grpc => c.grpc(dst, GRPC_PATH).await,
-                        }
-                    });
-                    sent += 1;
+impl Clients for HboneClients {
+    fn send(&self, req: Request) -> Sent {
+        let c = match req.from {
+            super::case::From::Producer => self.producer.clone(),
+            super::case::From::Consumer => self.consumer.clone(),
+        };
+        Box::pin(async move {
+            match req.protocol {
+                Protocol::Http => {
+                    c.request_to_host(req.dst, req.method, req.path, &req.host, req.headers)
+                        .await
                 }
-                let Some(r) = set.join_next().await else {
-                    break;
-                };
-                let reply = r??;
-                if reply.status != 200 {
-                    bail!("status {} in a weighted batch: {reply:?}", reply.status);
-                }
-                out.push(reply.pod().context("no pod in the reply")?.to_owned());
+                Protocol::Grpc => c.grpc(req.dst, req.path).await,
             }
-            Ok(out)
         })
     }
 }

@@ -1,12 +1,14 @@
 //! The Gateway API conformance suite's mesh profile (MESH-HTTP core and extended, MESH-GRPC
 //! core) as whole-system tests: the upstream manifests, read from the suite at test time, and
 //! the Go tests' request/expected-response cases transcribed into tables ([`ALL`]). The mesh
-//! manifests' Deployments are pods of the two-node mesh (real ztunnels), their Services the
-//! local config's services; the waypoint sits between the client and them.
+//! manifests' Deployments are pods behind real ztunnels, their Services the mesh's services;
+//! the waypoint sits between the client and them.
 //!
-//! How routes reach the waypoint is a [`RouteSource`]: a directory of YAML files today
-//! ([`FileDir`]); the same tables can run against routes applied with kubectl to a real
-//! apiserver once the waypoint watches one.
+//! How routes reach the waypoint is a [`RouteSource`]: a directory of YAML files the waypoint
+//! watches in file mode ([`FileDir`], on the two-node mesh of [`Harness`]), or the upstream
+//! manifests applied with kubectl to the real apiserver, watched by the waypoint in cluster
+//! mode ([`KubectlApply`], on the cluster of [`ClusterHarness`]: real Services and Pods,
+//! istiod's workload xDS). The cases run the same way in both ([`Runner`]).
 
 pub mod case;
 pub mod cases_filters;
@@ -14,11 +16,15 @@ pub mod cases_routing;
 pub mod manifests;
 pub mod upstream;
 
+mod cluster;
 mod harness;
+mod run;
 
 pub use case::{Body, Case, MeshTest};
-pub use harness::{FileDir, Harness, RouteSource};
+pub use cluster::{ClusterHarness, KubectlApply};
+pub use harness::{FileDir, Harness};
 pub use manifests::Doc;
+pub use run::{RouteSource, Runner, Targets, CONSUMER_NS, MESH_NS};
 
 use cases_filters as f;
 use cases_routing as r;

@@ -50,3 +50,25 @@ fn pinned_version() -> Result<String> {
         })
         .with_context(|| format!("no sigs.k8s.io/gateway-api in {}", gomod.display()))
 }
+
+/// Every `ShortName` the suite's mesh tests declare (`tests/mesh/*.go`).
+pub fn short_names(suite: &Path) -> Result<std::collections::BTreeSet<String>> {
+    let mut names = std::collections::BTreeSet::new();
+    let dir = suite.join("tests/mesh");
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "go") {
+            let text = std::fs::read_to_string(&p)?;
+            for l in text.lines() {
+                if let Some(rest) = l.trim().strip_prefix("ShortName:") {
+                    names.insert(
+                        rest.trim()
+                            .trim_matches(|c| c == '"' || c == ',')
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(names)
+}

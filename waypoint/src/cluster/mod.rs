@@ -1,11 +1,14 @@
 //! Cluster mode: the waypoint's objects from the Kubernetes API ([`watch`], checked one by one
 //! in [`store`]), workloads and services from istiod's workload xDS and its certificate from
-//! istiod's CA (the ztunnel library's clients), which services it serves ([`served`]), and the
-//! route status it writes ([`status`]).
+//! istiod's CA (the ztunnel library's clients), which services it serves ([`served`]), the
+//! route status it writes ([`status`]) and the metrics of all this ([`metrics`]).
 
+pub mod metrics;
 mod served;
 mod status;
 mod store;
+#[cfg(test)]
+mod test_mesh;
 mod watch;
 
 use std::sync::{Arc, Mutex};
@@ -52,6 +55,7 @@ fn start_xds(
     s: &Settings,
     address: &str,
     mesh: Arc<State>,
+    metrics: xds::metrics::XdsMetrics,
     stop: CancellationToken,
 ) -> Arc<xds::status::XdsStatus> {
     let status = Arc::new(xds::status::XdsStatus::new(address));
@@ -66,13 +70,7 @@ fn start_xds(
         &s.trust_domain,
     );
     let sources = Arc::new(ConfigSources::new(mesh, true));
-    tokio::spawn(xds::run(
-        cfg,
-        sources,
-        status.clone(),
-        xds::metrics::XdsMetrics::default(),
-        stop,
-    ));
+    tokio::spawn(xds::run(cfg, sources, status.clone(), metrics, stop));
     status
 }
 
@@ -140,10 +138,11 @@ pub async fn start(
     address: &str,
     cell: Arc<ConfigCell>,
     mesh: Arc<State>,
+    metrics: metrics::ClusterMetrics,
     stop: CancellationToken,
 ) -> anyhow::Result<Sync> {
-    let xds = start_xds(s, address, mesh.clone(), stop.clone());
-    let store = start_objects(s, cell, mesh, stop).await?;
+    let xds = start_xds(s, address, mesh.clone(), metrics.xds, stop.clone());
+    let store = start_objects(s, cell, mesh, xds.clone(), metrics.kube, stop).await?;
     Ok(Sync { xds, store })
 }
 
@@ -152,6 +151,8 @@ async fn start_objects(
     s: &Settings,
     cell: Arc<ConfigCell>,
     mesh: Arc<State>,
+    xds: Arc<xds::status::XdsStatus>,
+    metrics: metrics::KubeMetrics,
     stop: CancellationToken,
 ) -> anyhow::Result<Arc<Mutex<store::ObjectStore>>> {
     let gateway = gateway(s)?;
@@ -160,14 +161,22 @@ async fn start_objects(
         root_namespace: s.root_namespace.clone(),
         gateway: (gateway.namespace.clone(), gateway.name.clone()),
     };
-    let store = Arc::new(Mutex::new(store::ObjectStore::default()));
-    watch::spawn(client.clone(), scope, store.clone(), cell, stop.clone());
+    let store = Arc::new(Mutex::new(store::ObjectStore::new(metrics.clone())));
+    watch::spawn(
+        client.clone(),
+        scope,
+        store.clone(),
+        cell,
+        metrics,
+        stop.clone(),
+    );
     if s.cluster.write_status {
         status::spawn(
             client,
             gateway,
             store.clone(),
             mesh,
+            xds,
             s.config_poll_interval,
             stop,
         );

@@ -45,36 +45,10 @@ pub fn served_services(snapshot: &ConfigSnapshot, gateway: &ServiceRef) -> BTree
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use meshtunnel::state::NetworkAddress;
 
-    use meshtunnel::state::{GatewayAddress, NetworkAddress, Service};
-
+    use super::super::test_mesh::{by_hostname as host, service as svc};
     use super::*;
-
-    fn svc(ns: &str, name: &str, vip: &str, wp: Option<GatewayDestination>) -> Service {
-        Service {
-            name: name.into(),
-            namespace: ns.into(),
-            hostname: format!("{name}.{ns}.svc.cluster.local"),
-            vips: vec![NetworkAddress {
-                network: String::new(),
-                address: vip.parse().unwrap(),
-            }],
-            ports: HashMap::from([(80, 8080)]),
-            subject_alt_names: vec![],
-            waypoint: wp.map(|destination| GatewayAddress {
-                destination,
-                hbone_mtls_port: 15008,
-            }),
-        }
-    }
-
-    fn host(ns: &str, h: &str) -> Option<GatewayDestination> {
-        Some(GatewayDestination::Hostname {
-            namespace: ns.into(),
-            hostname: h.into(),
-        })
-    }
 
     #[test]
     fn services_bound_to_this_gateway_by_hostname_or_address() {

@@ -4,11 +4,17 @@
 //! writes an entry of its own, controllerName [`CONTROLLER_NAME`], for each parentRef whose
 //! Service it serves, saying whether *it* accepted the route (Accepted) and whether every
 //! backend Service is known (ResolvedRefs), with the route's observedGeneration; istiod's and
-//! any other controller's entries are kept as they are. Entries of ours for Services this
-//! waypoint does not serve are left alone (another waypoint of ours may own them).
-//! [`desired_parents`] and [`merged`] have no I/O; [`spawn`] writes.
+//! any other controller's entries are kept as they are.
+//!
+//! An entry of ours whose parent is no longer served goes, as the Gateway API asks of a
+//! controller: when the parentRef left the route, or its Service is gone or bound to no
+//! waypoint, any waypoint of ours removes it; when the Service is bound to another waypoint,
+//! only the waypoint that wrote the entry does (it remembers what it wrote; another waypoint
+//! of ours may own the entry now). What a waypoint wrote before a restart is forgotten, so an
+//! entry left while it was down, for a Service now bound to a waypoint that is not ours, stays.
+//! [`desired_parents`], [`keep_ours`] and [`merged`] have no I/O; [`spawn`] writes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,10 +23,11 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::served::served_services;
-use super::store::ObjectStore;
+use super::store::{Key, ObjectStore};
 use super::watch::{api_resource, KINDS};
 use crate::route::ServiceRef;
 use meshtunnel::state::{ConfigSnapshot, State};
+use meshtunnel::xds::status::XdsStatus;
 
 pub const CONTROLLER_NAME: &str = "meshtunnel.io/waypoint";
 /// The API's limit on a condition message.
@@ -141,18 +148,65 @@ fn same_parent(a: &Value, b: &Value) -> bool {
     norm(a) == norm(b)
 }
 
+/// Where a parentRef's Service is bound now, as istiod's workload xDS says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// To this waypoint.
+    Ours,
+    /// To another waypoint (ours or not).
+    Elsewhere,
+    /// To no waypoint, or the Service is gone.
+    Unbound,
+}
+
+/// Whether our entry for `parent` (a parentRef in `route`'s status) may stay when this
+/// waypoint does not want it: `binding` is where its Service is bound, `claimed` whether this
+/// waypoint wrote the entry.
+pub fn keep_ours(
+    route: &Value,
+    parent: &Value,
+    binding: impl Fn(&ServiceRef) -> Binding,
+    claimed: bool,
+) -> bool {
+    let in_spec = route["spec"]["parentRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| same_parent(p, parent));
+    if !in_spec {
+        return false;
+    }
+    let ns = route["metadata"]["namespace"].as_str().unwrap_or("default");
+    // Not a Service: not an entry any waypoint of ours writes; not ours to judge.
+    let Some(svc) = parent_service(parent, ns) else {
+        return true;
+    };
+    match binding(&svc) {
+        Binding::Ours => true,
+        Binding::Unbound => false,
+        Binding::Elsewhere => !claimed,
+    }
+}
+
 /// The new `status.parents`: `current` with our entries for the served parents replaced by
-/// `desired` (a condition that did not change keeps its lastTransitionTime); `None` when
-/// nothing changes. `now` is an RFC 3339 time.
-pub fn merged(current: &[Value], desired: Vec<Value>, now: &str) -> Option<Vec<Value>> {
+/// `desired` (a condition that did not change keeps its lastTransitionTime) and our other
+/// entries kept only where `keep` says so; `None` when nothing changes. `now` is an RFC 3339
+/// time.
+pub fn merged(
+    current: &[Value],
+    desired: Vec<Value>,
+    keep: impl Fn(&Value) -> bool,
+    now: &str,
+) -> Option<Vec<Value>> {
     let ours = |e: &Value| e["controllerName"] == CONTROLLER_NAME;
     let mut out: Vec<Value> = current
         .iter()
         .filter(|e| {
             !ours(e)
-                || !desired
+                || (!desired
                     .iter()
                     .any(|d| same_parent(&d["parentRef"], &e["parentRef"]))
+                    && keep(&e["parentRef"]))
         })
         .cloned()
         .collect();
@@ -175,13 +229,15 @@ pub fn merged(current: &[Value], desired: Vec<Value>, now: &str) -> Option<Vec<V
     changed.then_some(out)
 }
 
-/// Every `interval`, brings our entries of every route up to date with the config and with
-/// istiod's services (a binding or a backend appearing changes them too).
+/// Every `interval`, once istiod's first push is in, brings our entries of every route up to
+/// date with the config and with istiod's services (a binding or a backend appearing or going
+/// changes them too).
 pub fn spawn(
     client: kube::Client,
     gateway: ServiceRef,
     store: Arc<Mutex<ObjectStore>>,
     mesh: Arc<State>,
+    xds: Arc<XdsStatus>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -189,31 +245,42 @@ pub fn spawn(
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
+        let mut claims = Claims::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
+            // Before istiod's first push every Service looks unbound: nothing is judged.
+            if !xds.synced() {
+                continue;
+            }
             let snapshot = mesh.current();
-            let writes = pending_writes(&store, &snapshot, &gateway);
-            for (kind, ns, name, body) in writes {
+            let writes = pending_writes(&store, &snapshot, &gateway, &mut claims);
+            for w in writes {
+                let Key {
+                    kind,
+                    namespace: ns,
+                    name,
+                } = &w.key;
                 let Some((g, v, k, p)) = KINDS.iter().find(|k| k.2 == kind) else {
                     continue;
                 };
                 let api: Api<DynamicObject> =
-                    Api::namespaced_with(client.clone(), &ns, &api_resource(g, v, k, p));
+                    Api::namespaced_with(client.clone(), ns, &api_resource(g, v, k, p));
                 // resourceVersion in the patch: a concurrent writer (istiod) makes it fail with
                 // a conflict, and the next round starts from the newer object.
                 match api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&w.body))
                     .await
                 {
                     Ok(_) => {
-                        tracing::info!(route = %format!("{kind} {ns}/{name}"), "route status written");
+                        tracing::info!(route = %w.key, "route status written");
                         last_error = None;
+                        claim(&mut claims, w.key, w.claims);
                     }
                     Err(e) => {
-                        let msg = format!("{kind} {ns}/{name}: {e}");
+                        let msg = format!("{}: {e}", w.key);
                         if last_error.as_deref() != Some(msg.as_str()) {
                             tracing::warn!("writing route status: {msg}; retrying");
                             last_error = Some(msg);
@@ -225,16 +292,47 @@ pub fn spawn(
     });
 }
 
-/// (kind, namespace, name, merge patch) of every route whose status is not what it should be.
+/// The parentRefs of each route whose entry this waypoint wrote.
+type Claims = BTreeMap<Key, Vec<Value>>;
+
+fn claim(claims: &mut Claims, key: Key, parents: Vec<Value>) {
+    if parents.is_empty() {
+        claims.remove(&key);
+    } else {
+        claims.insert(key, parents);
+    }
+}
+
+/// One status write: the route, its merge patch, and the parents ours once it is written.
+struct Write {
+    key: Key,
+    body: Value,
+    claims: Vec<Value>,
+}
+
+/// Where `svc` is bound: to `served` (this waypoint), another waypoint, or none.
+fn binding(snapshot: &ConfigSnapshot, served: &BTreeSet<ServiceRef>, svc: &ServiceRef) -> Binding {
+    if served.contains(svc) {
+        return Binding::Ours;
+    }
+    match snapshot
+        .services()
+        .find(|x| x.namespace == svc.namespace && x.name == svc.name)
+    {
+        Some(s) if s.waypoint.is_some() => Binding::Elsewhere,
+        _ => Binding::Unbound,
+    }
+}
+
+/// Every route whose status is not what it should be. Routes already right update `claims`
+/// here (nothing to write); routes gone from the store leave it.
 fn pending_writes(
     store: &Mutex<ObjectStore>,
     snapshot: &ConfigSnapshot,
     gateway: &ServiceRef,
-) -> Vec<(String, String, String, Value)> {
+    claims: &mut Claims,
+) -> Vec<Write> {
     let served = served_services(snapshot, gateway);
-    if served.is_empty() {
-        return Vec::new();
-    }
     let known = |s: &ServiceRef| {
         snapshot
             .services()
@@ -243,32 +341,38 @@ fn pending_writes(
     let now = rfc3339_now();
     let store = store.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = Vec::new();
+    let mut routes = BTreeSet::new();
     for (key, entry) in store.entries() {
         if key.kind != "HTTPRoute" && key.kind != "GRPCRoute" {
             continue;
         }
+        routes.insert(key.clone());
         let obj = &entry.current;
         let desired = desired_parents(obj, entry.error.as_deref(), &served, known);
-        if desired.is_empty() {
-            continue;
-        }
+        let wanted: Vec<Value> = desired.iter().map(|d| d["parentRef"].clone()).collect();
+        let claimed = claims.get(key).map(Vec::as_slice).unwrap_or_default();
+        let keep = |p: &Value| {
+            let mine = claimed.iter().any(|c| same_parent(c, p));
+            keep_ours(obj, p, |s| binding(snapshot, &served, s), mine)
+        };
         let current: Vec<Value> = obj["status"]["parents"]
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if let Some(parents) = merged(&current, desired, &now) {
-            let body = json!({
-                "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                "status": {"parents": parents},
-            });
-            out.push((
-                key.kind.clone(),
-                key.namespace.clone(),
-                key.name.clone(),
-                body,
-            ));
+        match merged(&current, desired, keep, &now) {
+            Some(parents) => out.push(Write {
+                key: key.clone(),
+                body: json!({
+                    "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                    "status": {"parents": parents},
+                }),
+                claims: wanted,
+            }),
+            // Nothing of ours left to remove: what we hold is what we want.
+            None => claim(claims, key.clone(), wanted),
         }
     }
+    claims.retain(|k, _| routes.contains(k));
     out
 }
 

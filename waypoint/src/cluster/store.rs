@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::metrics::KubeMetrics;
 use crate::config::{parse_documents, LoadError, WaypointConfig};
 
 /// An object's kind, namespace and name.
@@ -56,6 +57,8 @@ pub struct Scope {
 
 #[derive(Debug, Default)]
 pub struct ObjectStore {
+    /// Where each conversion's outcome is counted.
+    metrics: KubeMetrics,
     entries: BTreeMap<Key, Entry>,
     /// Kinds being relisted, with the keys seen since the list started.
     relisting: BTreeMap<String, BTreeSet<Key>>,
@@ -76,6 +79,14 @@ pub fn key_of(obj: &Value) -> Option<Key> {
 }
 
 impl ObjectStore {
+    /// An empty store counting its conversions in `metrics`.
+    pub fn new(metrics: KubeMetrics) -> Self {
+        ObjectStore {
+            metrics,
+            ..Default::default()
+        }
+    }
+
     /// Applies one change; returns whether the config may have changed.
     pub fn apply(&mut self, ev: Event, scope: &Scope) -> bool {
         match ev {
@@ -98,6 +109,7 @@ impl ObjectStore {
                     }
                 }
                 let checked = check(&key, &obj, scope);
+                self.metrics.checked(&key.kind, checked.is_ok());
                 let prev_good = self.entries.remove(&key).and_then(|e| e.good);
                 let entry = match checked {
                     Ok(()) => Entry {

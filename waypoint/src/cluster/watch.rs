@@ -13,6 +13,7 @@ use kube::runtime::WatchStreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::KubeMetrics;
 use super::store::{Event, ObjectStore, Scope};
 use crate::state::ConfigCell;
 
@@ -48,13 +49,20 @@ pub fn spawn(
     scope: Scope,
     store: Arc<Mutex<ObjectStore>>,
     cell: Arc<ConfigCell>,
+    metrics: KubeMetrics,
     stop: CancellationToken,
 ) {
     let (tx, rx) = mpsc::channel::<Event>(1024);
     for (group, version, kind, plural) in KINDS {
         let ar = api_resource(group, version, kind, plural);
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        tokio::spawn(watch_kind(api, ar, tx.clone(), stop.clone()));
+        tokio::spawn(watch_kind(
+            api,
+            ar,
+            tx.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
     }
     tokio::spawn(apply_loop(rx, scope, store, cell, stop));
 }
@@ -63,9 +71,11 @@ async fn watch_kind(
     api: Api<DynamicObject>,
     ar: ApiResource,
     tx: mpsc::Sender<Event>,
+    metrics: KubeMetrics,
     stop: CancellationToken,
 ) {
     let kind = ar.kind.clone();
+    let mut listed_before = false;
     let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -78,6 +88,7 @@ async fn watch_kind(
         let ev = match ev {
             None => return,
             Some(Err(e)) => {
+                metrics.watch_error(&kind);
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
                     tracing::warn!(kind = %kind, error = %msg, "watch failed; retrying with backoff (the config in force stays)");
@@ -89,7 +100,13 @@ async fn watch_kind(
         };
         last_error = None;
         let out = match ev {
-            WatchEvent::Init => Event::ListStart(kind.clone()),
+            WatchEvent::Init => {
+                if listed_before {
+                    metrics.relisted(&kind);
+                }
+                listed_before = true;
+                Event::ListStart(kind.clone())
+            }
             WatchEvent::InitDone => Event::ListDone(kind.clone()),
             WatchEvent::Apply(o) | WatchEvent::InitApply(o) => match typed_value(o, &ar) {
                 Some(v) => Event::Upsert(v),

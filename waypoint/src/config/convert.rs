@@ -266,17 +266,43 @@ fn check_prefix_rewrites(fs: &[Filter], ms: &[RequestMatch]) -> Result<()> {
     Ok(())
 }
 
+fn route_id(kind: &'static str, meta: &Metadata, ns: &str) -> RouteId {
+    RouteId {
+        kind,
+        namespace: ns.to_owned(),
+        name: meta.name.clone(),
+        created: meta.creation_timestamp.clone().unwrap_or_default(),
+    }
+}
+
+/// One entry per parent (service, port) and match of `rule`.
+fn push_entries(
+    out: &mut Vec<(ServiceRef, Entry)>,
+    parents: &[(ServiceRef, Option<u16>)],
+    matches: &[RequestMatch],
+    rule: &Arc<Rule>,
+) {
+    for (svc, port) in parents {
+        for (mi, m) in matches.iter().enumerate() {
+            out.push((
+                svc.clone(),
+                Entry {
+                    port: *port,
+                    matcher: m.clone(),
+                    rule: rule.clone(),
+                    match_index: mi,
+                },
+            ));
+        }
+    }
+}
+
 pub fn http_route(
     meta: &Metadata,
     spec: &HttpRouteSpec,
     ns: &str,
 ) -> Result<Vec<(ServiceRef, Entry)>> {
-    let id = RouteId {
-        kind: "HTTPRoute",
-        namespace: ns.to_owned(),
-        name: meta.name.clone(),
-        created: meta.creation_timestamp.clone().unwrap_or_default(),
-    };
+    let id = route_id("HTTPRoute", meta, ns);
     let parents = parents(&spec.parent_refs, ns);
     let mut out = Vec::new();
     for (i, r) in spec.rules.iter().enumerate() {
@@ -336,19 +362,7 @@ pub fn http_route(
             timeouts,
             retry,
         });
-        for (svc, port) in &parents {
-            for (mi, m) in ms.iter().enumerate() {
-                out.push((
-                    svc.clone(),
-                    Entry {
-                        port: *port,
-                        matcher: m.clone(),
-                        rule: rule.clone(),
-                        match_index: mi,
-                    },
-                ));
-            }
-        }
+        push_entries(&mut out, &parents, &ms, &rule);
     }
     Ok(out)
 }
@@ -359,12 +373,7 @@ pub fn grpc_route(
     spec: &GrpcRouteSpec,
     ns: &str,
 ) -> Result<Vec<(ServiceRef, Entry)>> {
-    let id = RouteId {
-        kind: "GRPCRoute",
-        namespace: ns.to_owned(),
-        name: meta.name.clone(),
-        created: meta.creation_timestamp.clone().unwrap_or_default(),
-    };
+    let id = route_id("GRPCRoute", meta, ns);
     let parents = parents(&spec.parent_refs, ns);
     let mut out = Vec::new();
     for (i, r) in spec.rules.iter().enumerate() {
@@ -405,19 +414,7 @@ pub fn grpc_route(
             timeouts: Timeouts::default(),
             retry: None,
         });
-        for (svc, port) in &parents {
-            for (mi, m) in ms.iter().enumerate() {
-                out.push((
-                    svc.clone(),
-                    Entry {
-                        port: *port,
-                        matcher: m.clone(),
-                        rule: rule.clone(),
-                        match_index: mi,
-                    },
-                ));
-            }
-        }
+        push_entries(&mut out, &parents, &ms, &rule);
     }
     Ok(out)
 }

@@ -27,7 +27,9 @@ fn percent(p: &Option<Percent>) -> Result<f64> {
     Ok(v)
 }
 
-fn vs_string(s: &VsString) -> Result<ValueMatch> {
+/// An Istio StringMatch: `exact`, `prefix` (a plain string prefix, not element-wise) or
+/// `regex`; `what` names it in the error.
+fn vs_string(s: &VsString, what: &str) -> Result<ValueMatch> {
     match (&s.exact, &s.prefix, &s.regex) {
         (Some(e), None, None) => Ok(ValueMatch::Exact(e.clone())),
         (None, Some(p), None) => Ok(ValueMatch::Regex(anchored(&format!(
@@ -35,7 +37,7 @@ fn vs_string(s: &VsString) -> Result<ValueMatch> {
             regex::escape(p)
         ))?)),
         (None, None, Some(r)) => Ok(ValueMatch::Regex(anchored(r)?)),
-        _ => Err("string match needs exactly one of exact, prefix, regex".into()),
+        _ => Err(format!("{what} needs exactly one of exact, prefix, regex")),
     }
 }
 
@@ -52,14 +54,9 @@ pub fn virtual_service(
         for m in &h.matches {
             let path = match &m.uri {
                 None => PathMatch::Prefix(String::new()),
-                Some(u) => match (&u.exact, &u.prefix, &u.regex) {
-                    (Some(e), None, None) => PathMatch::Exact(e.clone()),
-                    // Istio's uri prefix is a plain string prefix, not element-wise.
-                    (None, Some(p), None) => {
-                        PathMatch::Regex(anchored(&format!("{}.*", regex::escape(p))).map_err(ctx)?)
-                    }
-                    (None, None, Some(r)) => PathMatch::Regex(anchored(r).map_err(ctx)?),
-                    _ => return Err(ctx("uri needs exactly one of exact, prefix, regex".into())),
+                Some(u) => match vs_string(u, "uri").map_err(ctx)? {
+                    ValueMatch::Exact(e) => PathMatch::Exact(e),
+                    ValueMatch::Regex(r) => PathMatch::Regex(r),
                 },
             };
             let method = match &m.method {
@@ -73,7 +70,7 @@ pub fn virtual_service(
             let headers = m
                 .headers
                 .iter()
-                .map(|(k, v)| Ok((k.to_ascii_lowercase(), vs_string(v)?)))
+                .map(|(k, v)| Ok((k.to_ascii_lowercase(), vs_string(v, "string match")?)))
                 .collect::<Result<_>>()
                 .map_err(ctx)?;
             matches.push(RequestMatch {

@@ -1,0 +1,84 @@
+//! `MESHTUNNEL_BENCH_PROFILE=bulk|conns`: instead of the table, one meshed workload repeated
+//! for `MESHTUNNEL_BENCH_PROFILE_SECS` (default 15), reported as the CPU time both ztunnels
+//! spent on it (per GB, or per 1,000 connections). CPU time moves less with other load on the
+//! machine than throughput does, so A/B runs of two builds (`MESHTUNNEL_BIN_DIR`) compare it.
+//! With `MESHTUNNEL_BENCH_PERF=FILE`, `perf record -e cpu-clock -g` samples both ztunnels
+//! during the workload into FILE.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use meshtunnel_e2e::Mesh;
+use test_support::NodeId;
+
+use super::http;
+use super::load::{cpu_secs, throughput, BULK};
+
+pub fn run(mesh: &Mesh, kind: &str) {
+    let secs: u64 = std::env::var("MESHTUNNEL_BENCH_PROFILE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let dur = Duration::from_secs(secs);
+    let a1 = mesh.pod_ns("a1");
+    let pids = [NodeId::A, NodeId::B].map(|n| mesh.ztunnel_pid(n).expect("ztunnel running"));
+    let cpu = || cpu_secs(pids[0]) + cpu_secs(pids[1]);
+    // One connection first, so the pooled HBONE connection and certificates exist.
+    throughput(a1, mesh.addr("b1", 9000), 1, false);
+    let perf = std::env::var("MESHTUNNEL_BENCH_PERF")
+        .ok()
+        .map(|out| perf_record(&out, pids));
+    let cpu0 = cpu();
+    let start = Instant::now();
+    match kind {
+        "bulk" => {
+            let mut bytes = 0usize;
+            let mut gbits = Vec::new();
+            while start.elapsed() < dur {
+                gbits.push(throughput(a1, mesh.addr("b1", 9000), 1, false));
+                bytes += BULK;
+            }
+            let used = cpu() - cpu0;
+            println!(
+                "bulk, 1 stream: {:.2} GB in {:.1} s, {:.2} Gbit/s median; both ztunnels {used:.2} CPU s = {:.3} CPU s/GB",
+                bytes as f64 / 1e9,
+                start.elapsed().as_secs_f64(),
+                median(gbits),
+                used / (bytes as f64 / 1e9)
+            );
+        }
+        "conns" => {
+            let (mean, slowest, failed) =
+                http::sustained_conns(a1, mesh.addr("b1", 9002), false, dur);
+            let n = mean * start.elapsed().as_secs_f64();
+            let used = cpu() - cpu0;
+            println!(
+                "new connection per request: {n:.0} connections, {mean:.0}/s (slowest 5 s {slowest:.0}/s, {failed} failed); both ztunnels {used:.2} CPU s = {:.1} CPU ms per 1,000 connections",
+                used / n * 1e6
+            );
+        }
+        other => panic!("MESHTUNNEL_BENCH_PROFILE={other}: want bulk or conns"),
+    }
+    if let Some(mut p) = perf {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = p.wait();
+    }
+}
+
+fn perf_record(out: &str, pids: [u32; 2]) -> Child {
+    let child = Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-g", "-o", out, "-p"])
+        .arg(format!("{},{}", pids[0], pids[1]))
+        .spawn()
+        .expect("perf");
+    std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
