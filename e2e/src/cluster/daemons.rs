@@ -175,10 +175,6 @@ impl Cluster {
         self.lock_ztunnels()[idx(id)] = None;
     }
 
-    pub fn ztunnel_pid(&self, id: NodeId) -> Option<u32> {
-        self.lock_ztunnels()[idx(id)].as_ref().map(Proc::id)
-    }
-
     /// GET /healthz/ready on the node's ztunnel: (status code, body).
     pub fn readiness(&self, id: NodeId) -> Result<(u16, String)> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT));
