@@ -9,6 +9,7 @@
 pub mod apps;
 pub mod cluster;
 pub mod conformance;
+pub mod load;
 pub mod mesh;
 pub mod waypoint;
 pub mod wire;
