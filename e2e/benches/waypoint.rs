@@ -45,7 +45,8 @@ fn main() {
             PodSpec::plain("b2"),
         ],
         release_binary: true,
-        log_level: "warn".into(),
+        // The config watcher's line tells when ztunnel A steers the echo service.
+        log_level: "warn,meshtunnel::config::watch=info".into(),
         ..MeshOptions::default()
     })
     .expect("mesh");
