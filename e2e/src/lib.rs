@@ -10,6 +10,7 @@
 pub mod apps;
 pub mod cluster;
 pub mod conformance;
+pub mod load;
 pub mod mesh;
 pub mod proc_stats;
 pub mod waypoint;

@@ -74,8 +74,7 @@ async fn route_and_forward(
     let query = req.uri().query().map(str::to_owned);
 
     // L7 authorization comes first: a denied request never reaches routing or a backend.
-    let principal = down.peer.to_string();
-    let principal = principal.strip_prefix("spiffe://").unwrap_or(&principal);
+    let principal = down.principal();
     let decision = authz::evaluate(
         &cfg.policies,
         dest.service(),
@@ -125,7 +124,8 @@ async fn route_and_forward(
             down.dst.port(),
         ),
     };
-    record.route = format!("{} rule {}", rule.route, rule.index);
+    // Formatted only if the access log is written.
+    record.rule = Some(rule.clone());
 
     // VirtualService settings for the destination service (faults, retries, timeout).
     let overlay = dest.service().and_then(|s| cfg.routes.overlay(s, &view));
@@ -221,9 +221,9 @@ async fn route_and_forward(
     strip_hop_by_hop(&mut parts.headers);
     let h2 = parts.version == Version::HTTP_2;
     let attempt = Attempt {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
         h2,
         host: host.clone(),
     };

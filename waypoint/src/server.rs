@@ -118,12 +118,12 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(hbone::parse_forwarded_for)
         .unwrap_or(peer);
-    let down = Arc::new(Downstream {
+    let down = Arc::new(Downstream::new(
         dst,
         client,
-        peer: (*identity).clone(),
-        clients: ClientPool::new(16, shared.limits.upstream_idle_timeout),
-    });
+        (*identity).clone(),
+        ClientPool::new(16, shared.limits.upstream_idle_timeout),
+    ));
     let send = match respond.send_response(Response::new(()), false) {
         Ok(s) => s,
         Err(e) => {

@@ -58,8 +58,34 @@ pub struct Downstream {
     pub client: SocketAddr,
     /// The verified SPIFFE id of the HBONE peer: the request's source principal.
     pub peer: Identity,
+    /// `peer` as a URI, made once per tunnel rather than per request.
+    pub peer_uri: Arc<str>,
     /// Upstream connections this client's requests may reuse; they close with the tunnel.
     pub clients: Arc<ClientPool>,
+}
+
+impl Downstream {
+    pub fn new(
+        dst: SocketAddr,
+        client: SocketAddr,
+        peer: Identity,
+        clients: Arc<ClientPool>,
+    ) -> Self {
+        Downstream {
+            dst,
+            client,
+            peer_uri: peer.to_string().into(),
+            peer,
+            clients,
+        }
+    }
+
+    /// The source principal as policies name it (the SPIFFE id without its scheme).
+    pub fn principal(&self) -> &str {
+        self.peer_uri
+            .strip_prefix("spiffe://")
+            .unwrap_or(&self.peer_uri)
+    }
 }
 
 /// What the CONNECT authority names.

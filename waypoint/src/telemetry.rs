@@ -2,6 +2,7 @@
 //! access-log line. Labels are Istio's standard set so dashboards written for Istio work.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Version};
@@ -14,7 +15,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::reply::LocalReply;
-use crate::route::ServiceRef;
+use crate::route::{Rule, ServiceRef};
 use crate::shared::{Destination, Downstream, Shared};
 
 const UNKNOWN: &str = "unknown";
@@ -143,7 +144,7 @@ impl Telemetry {
             path = %r.path,
             protocol = r.protocol,
             status = r.status,
-            route = %r.route,
+            route = %RuleName(r.rule.as_deref()),
             flags = %r.flags(),
             retries = r.retries,
             request_bytes = r.request_bytes,
@@ -154,23 +155,37 @@ impl Telemetry {
     }
 }
 
+/// The access log's `route` field: "<route> rule <index>", or "-".
+struct RuleName<'a>(Option<&'a Rule>);
+
+impl std::fmt::Display for RuleName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(r) => write!(f, "{} rule {}", r.route, r.index),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// What one request did, filled in as it goes through the pipeline.
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
     pub client: SocketAddr,
     pub dst: SocketAddr,
-    pub source_principal: String,
-    source: Option<Workload>,
+    pub source_principal: Arc<str>,
+    // Shared with the config snapshot: a request record must not copy whole workloads.
+    source: Option<Arc<Workload>>,
     pub destination_service: String,
     destination_service_ref: Option<ServiceRef>,
     pub destination_workload: Option<String>,
-    destination: Option<Workload>,
+    destination: Option<Arc<Workload>>,
     pub method: String,
     pub path: String,
     pub protocol: &'static str,
     pub status: u16,
     pub grpc_status: Option<String>,
-    pub route: String,
+    /// The rule that routed the request, if one did.
+    pub rule: Option<Arc<Rule>>,
     flags: Vec<&'static str>,
     pub retries: u32,
     pub request_bytes: u64,
@@ -189,8 +204,8 @@ impl RequestRecord {
         RequestRecord {
             client: down.client,
             dst: down.dst,
-            source_principal: down.peer.to_string(),
-            source: snap.workload_by_ip(down.client.ip()).map(|w| (**w).clone()),
+            source_principal: down.peer_uri.clone(),
+            source: snap.workload_by_ip(down.client.ip()).cloned(),
             destination_service: UNKNOWN.into(),
             destination_service_ref: None,
             destination_workload: None,
@@ -206,7 +221,7 @@ impl RequestRecord {
             },
             status: 0,
             grpc_status: None,
-            route: "-".into(),
+            rule: None,
             flags: Vec::new(),
             retries: 0,
             request_bytes: 0,
@@ -231,7 +246,7 @@ impl RequestRecord {
         self.destination_service_ref = Some(svc.clone());
     }
 
-    pub fn set_endpoint(&mut self, w: &Workload) {
+    pub fn set_endpoint(&mut self, w: &Arc<Workload>) {
         self.destination_workload = Some(w.name.clone());
         self.destination = Some(w.clone());
     }
@@ -257,8 +272,8 @@ impl RequestRecord {
     }
 
     fn labels(&self) -> RequestLabels {
-        let wl = |w: &Option<Workload>, f: fn(&Workload) -> String| {
-            w.as_ref()
+        let wl = |w: &Option<Arc<Workload>>, f: fn(&Workload) -> String| {
+            w.as_deref()
                 .map(f)
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| UNKNOWN.into())
@@ -288,7 +303,7 @@ impl RequestRecord {
             reporter: "waypoint".into(),
             source_workload: wl(&self.source, name),
             source_workload_namespace: wl(&self.source, |w| w.namespace.clone()),
-            source_principal: self.source_principal.clone(),
+            source_principal: self.source_principal.to_string(),
             source_app: wl(&self.source, canonical),
             source_version: wl(&self.source, revision),
             source_canonical_service: wl(&self.source, canonical),

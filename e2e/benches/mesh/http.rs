@@ -113,30 +113,14 @@ fn one_request(dst: SocketAddr, bypass: bool) -> std::io::Result<()> {
 /// 1 KiB request / 1 KiB response at `rps` spread over 16 keep-alive connections for `dur`
 /// (the shape of Istio's published ztunnel figure). Returns the requests that completed.
 pub fn fixed_rate(ns: &Netns, dst: SocketAddr, rps: u32, dur: Duration) -> u64 {
-    const CONNS: u32 = 16;
-    let period = Duration::from_secs_f64(CONNS as f64 / rps as f64);
-    let done = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..CONNS {
-            let done = &done;
-            let mut c = connect(ns, dst, false);
-            s.spawn(move || {
-                let start = Instant::now();
-                let (msg, mut back) = ([7u8; 1024], [0u8; 1024]);
-                let mut next = start;
-                while start.elapsed() < dur {
-                    c.write_all(&msg).unwrap();
-                    c.read_exact(&mut back).unwrap();
-                    done.fetch_add(1, Ordering::Relaxed);
-                    next += period;
-                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                }
-            });
-        }
+    let conns = (0..16).map(|_| connect(ns, dst, false)).collect();
+    let done = meshtunnel_e2e::load::fixed_rate(conns, rps, dur, |c: &mut TcpStream| {
+        let (msg, mut back) = ([7u8; 1024], [0u8; 1024]);
+        c.write_all(&msg)?;
+        c.read_exact(&mut back)
     });
-    done.load(Ordering::Relaxed)
+    assert_eq!(done.failed, 0, "a fixed-rate connection failed");
+    done.ok
 }
 
 /// Opens `n` meshed connections to the hold server (each confirmed end to end by its byte).

@@ -144,6 +144,13 @@ fn serve_http(conn: TcpStream, who: &str, seen: &Mutex<Vec<String>>) {
         seen.lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(out.clone());
+        // The padding is answered, not recorded: benchmarks send it tens of thousands of times.
+        if let Some(n) = path
+            .strip_prefix("/pad/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            out.extend(std::iter::repeat_n('x', n.min(1 << 20)));
+        }
         let resp = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{out}",
             out.len(),
