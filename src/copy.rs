@@ -1,7 +1,9 @@
-//! Byte copying shared by every proxy path. Buffers grow while a connection moves bulk data
-//! and start small, so thousands of idle connections cost little memory.
+//! Byte copying shared by every proxy path. Buffers grow while a connection moves bulk data,
+//! start small, and exist only while bytes are there to read, so thousands of idle
+//! connections cost little memory.
 
 use std::os::fd::AsRawFd;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
@@ -11,7 +13,9 @@ const MIN_READ: usize = 4 * 1024;
 const MAX_READ: usize = 256 * 1024;
 
 /// Reads into a buffer whose size follows the traffic: doubled after a read that filled it,
-/// reset to the minimum after a short read.
+/// reset to the minimum after a short read. After a short read the buffer is released and the
+/// next read waits for the socket to be readable before allocating one: an idle connection
+/// holds no read buffer (4 KiB or more per direction otherwise, issue 12).
 pub(crate) struct AdaptiveBuf {
     buf: BytesMut,
     next: usize,
@@ -29,10 +33,13 @@ impl AdaptiveBuf {
     }
 
     /// Reads once; returns the bytes read (empty at EOF), without copying them.
-    pub(crate) async fn read<R: AsyncRead + Unpin>(
+    pub(crate) async fn read<R: AsyncRead + ReadReady + Unpin>(
         &mut self,
         rd: &mut R,
     ) -> std::io::Result<BytesMut> {
+        if self.buf.capacity() == 0 {
+            std::future::poll_fn(|cx| rd.poll_read_ready(cx)).await?;
+        }
         self.buf.reserve(self.next);
         let want = self.buf.capacity() - self.buf.len();
         let n = rd.read_buf(&mut self.buf).await?;
@@ -42,7 +49,18 @@ impl AdaptiveBuf {
         } else {
             MIN_READ
         };
-        Ok(self.buf.split())
+        let data = self.buf.split();
+        if self.drained {
+            // The rest of the allocation would sit idle until the peer sends again.
+            self.buf = BytesMut::new();
+        }
+        Ok(data)
+    }
+
+    /// Bytes of read buffer held between reads (tests: an idle connection holds none).
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Whether the bytes just read were followed by the peer's FIN. Asked only after a read
@@ -55,7 +73,7 @@ impl AdaptiveBuf {
 /// A byte stream the copy loops split without a lock (a TCP socket's own halves) and whose
 /// read half can tell whether the peer's FIN is already queued.
 pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {
-    type Read<'a>: AsyncRead + FinProbe + Unpin + Send
+    type Read<'a>: AsyncRead + FinProbe + ReadReady + Unpin + Send
     where
         Self: 'a;
     type Write<'a>: AsyncWrite + FinWrite + Unpin + Send
@@ -74,6 +92,23 @@ pub trait FinProbe {
     /// True when the next read would return EOF without waiting.
     fn fin_queued(&self) -> bool {
         false
+    }
+}
+
+/// A read half that can wait for bytes (or EOF) without a buffer to read them into, so an idle
+/// connection allocates none.
+pub trait ReadReady {
+    /// Ready when a read would not wait. The default is always ready: the buffer is then
+    /// allocated before the read waits, as for any `AsyncRead`.
+    fn poll_read_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ReadReady for tokio::net::tcp::ReadHalf<'_> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Tokio clears the readiness after a short read, so this waits for new bytes.
+        self.as_ref().poll_read_ready(cx)
     }
 }
 
@@ -123,6 +158,7 @@ impl Duplex for DuplexStream {
 }
 
 impl<T> FinProbe for tokio::io::ReadHalf<T> {}
+impl<T> ReadReady for tokio::io::ReadHalf<T> {}
 impl<T> FinWrite for tokio::io::WriteHalf<T> {}
 
 /// Told about bytes as they are handed on, so counters move while a long connection is
@@ -145,7 +181,7 @@ pub(crate) async fn copy_one<R, W>(
     progress: &dyn Progress,
 ) -> std::io::Result<u64>
 where
-    R: AsyncRead + FinProbe + Unpin,
+    R: AsyncRead + FinProbe + ReadReady + Unpin,
     W: AsyncWrite + FinWrite + Unpin,
 {
     let mut buf = AdaptiveBuf::new();

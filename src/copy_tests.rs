@@ -76,3 +76,20 @@ async fn copy_passes_bytes_and_fin_on_together() {
         (3, 6)
     );
 }
+
+#[tokio::test]
+async fn an_idle_read_holds_no_buffer() {
+    let (mut a, mut b) = pair().await;
+    let (mut rd, _wr) = b.halves();
+    let mut buf = AdaptiveBuf::new();
+    // A short read hands its bytes on and keeps no buffer for the next wait.
+    a.write_all(b"ping").await.unwrap();
+    assert_eq!(&buf.read(&mut rd).await.unwrap()[..], b"ping");
+    assert_eq!(buf.held(), 0);
+    let waited = tokio::time::timeout(Duration::from_millis(50), buf.read(&mut rd)).await;
+    assert!(waited.is_err(), "nothing more was sent");
+    assert_eq!(buf.held(), 0);
+    // And it still reads what comes next.
+    a.write_all(b"pong").await.unwrap();
+    assert_eq!(&buf.read(&mut rd).await.unwrap()[..], b"pong");
+}

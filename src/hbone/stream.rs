@@ -7,7 +7,7 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::copy::{AdaptiveBuf, Duplex, FinProbe, FinWrite, Progress, Unmetered};
+use crate::copy::{AdaptiveBuf, Duplex, FinProbe, FinWrite, Progress, ReadReady, Unmetered};
 
 /// Bytes moved in each direction by [`copy_bidirectional`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub async fn copy_bidirectional_metered<T: Duplex>(
     })
 }
 
-async fn tcp_to_h2<R: AsyncRead + FinProbe + Unpin>(
+async fn tcp_to_h2<R: AsyncRead + FinProbe + ReadReady + Unpin>(
     rd: &mut R,
     mut send: SendStream<Bytes>,
     progress: &dyn Progress,

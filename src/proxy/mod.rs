@@ -178,7 +178,9 @@ async fn close_gracefully<F: std::future::Future<Output = ()>>(
     let sock = socket2::SockRef::from(&sock);
     let _ = sock.shutdown(std::net::Shutdown::Write);
     let until = tokio::time::Instant::now() + CLOSE_LINGER;
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    // On the heap, only now: an array here would be part of every connection task's future
+    // (the task holds the space of this path from the start), 4 KiB per open connection.
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 4096];
     while tokio::time::Instant::now() < until {
         match sock.recv_with_flags(&mut buf, nix::libc::MSG_DONTWAIT) {
             Ok(0) => break, // the peer's FIN: nothing left that could trigger a RST
@@ -197,7 +199,9 @@ async fn close_gracefully<F: std::future::Future<Output = ()>>(
 pub(crate) async fn close_after_failure(mut s: tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = s.shutdown().await;
-    let mut buf = [0u8; 4096];
+    // On the heap: this future is part of each handler's, which lives as long as the
+    // connection; an array here would cost every open connection 4 KiB.
+    let mut buf = vec![0u8; 4096];
     let discard = async {
         while let Ok(n) = s.read(&mut buf).await {
             if n == 0 {

@@ -1,6 +1,7 @@
 //! `MESHTUNNEL_BENCH_PROFILE=bulk|conns`: instead of the table, one meshed workload repeated
 //! for `MESHTUNNEL_BENCH_PROFILE_SECS` (default 15), reported as the CPU time both ztunnels
-//! spent on it (per GB, or per 1,000 connections). CPU time moves less with other load on the
+//! spent on it (per GB, or per 1,000 connections). `MESHTUNNEL_BENCH_PROFILE=open`: only the
+//! memory each open, idle meshed connection costs each ztunnel (see [`open_conns`]). CPU time moves less with other load on the
 //! machine than throughput does, so A/B runs of two builds (`MESHTUNNEL_BIN_DIR`) compare it.
 //! With `MESHTUNNEL_BENCH_PERF=FILE`, `perf record -e cpu-clock -g` samples both ztunnels
 //! during the workload into FILE.
@@ -12,7 +13,7 @@ use meshtunnel_e2e::Mesh;
 use test_support::NodeId;
 
 use super::http;
-use super::load::{cpu_secs, throughput, BULK};
+use super::load::{cpu_secs, rss_mib, throughput, BULK};
 
 pub fn run(mesh: &Mesh, kind: &str) {
     let secs: u64 = std::env::var("MESHTUNNEL_BENCH_PROFILE_SECS")
@@ -22,6 +23,10 @@ pub fn run(mesh: &Mesh, kind: &str) {
     let dur = Duration::from_secs(secs);
     let a1 = mesh.pod_ns("a1");
     let pids = [NodeId::A, NodeId::B].map(|n| mesh.ztunnel_pid(n).expect("ztunnel running"));
+    if kind == "open" {
+        open_conns(mesh, pids);
+        return;
+    }
     let cpu = || cpu_secs(pids[0]) + cpu_secs(pids[1]);
     // One connection first, so the pooled HBONE connection and certificates exist.
     throughput(a1, mesh.addr("b1", 9000), 1, false);
@@ -57,7 +62,7 @@ pub fn run(mesh: &Mesh, kind: &str) {
                 used / n * 1e6
             );
         }
-        other => panic!("MESHTUNNEL_BENCH_PROFILE={other}: want bulk or conns"),
+        other => panic!("MESHTUNNEL_BENCH_PROFILE={other}: want bulk, conns or open"),
     }
     if let Some(mut p) = perf {
         let _ = nix::sys::signal::kill(
@@ -66,6 +71,40 @@ pub fn run(mesh: &Mesh, kind: &str) {
         );
         let _ = p.wait();
     }
+}
+
+/// RSS of both ztunnels with 1, 1,000 and 10,000 idle connections held open to the hold
+/// server (each got one byte from the server), and the growth per connection above the one.
+/// No bulk traffic first, so the heap holds no buffers from earlier runs.
+fn open_conns(mesh: &Mesh, pids: [u32; 2]) {
+    let a1 = mesh.pod_ns("a1");
+    let _hold = http::spawn_hold_server(mesh.pod_ns("b1"));
+    let dst = mesh.addr("b1", 9003);
+    let settle = || std::thread::sleep(Duration::from_millis(1000));
+    let rss = || pids.map(rss_mib);
+    let one = http::hold_open(a1, dst, 1);
+    settle();
+    let base = rss();
+    println!(
+        "RSS with 1 open connection, node A / B: {:.1} / {:.1} MiB",
+        base[0], base[1]
+    );
+    for n in [1_000usize, 10_000] {
+        let held = http::hold_open(a1, dst, n);
+        settle();
+        let now = rss();
+        let per = |i: usize| (now[i] - base[i]) * 1024.0 * 1024.0 / 1000.0 / n as f64;
+        println!(
+            "RSS with {n} more open connections, node A / B: {:.1} / {:.1} MiB = {:.1} / {:.1} KB per connection",
+            now[0],
+            now[1],
+            per(0),
+            per(1)
+        );
+        drop(held);
+        settle();
+    }
+    drop(one);
 }
 
 fn perf_record(out: &str, pids: [u32; 2]) -> Child {
