@@ -10,6 +10,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 scripts/setup-system.sh
+# Everything the tests need is installed above, so a test that would skip for a missing tool
+# (e2e/tests/cri.rs without containerd) must fail here instead, with or without CI's own CI=true.
+export CI="${CI:-true}"
 # The real control plane the whole-system tests run on (etcd, kube-apiserver,
 # kube-controller-manager, kubectl, istiod), built from the pinned Go modules once and cached.
 MESHTUNNEL_CONTROLPLANE_DIR=$(bash scripts/build-controlplane.sh | tail -n 1)
