@@ -44,11 +44,7 @@ fn cni_agent_upgrade_leaves_traffic_and_capture_untouched() {
     cluster
         .create_namespace(NS, &[(DATAPLANE_LABEL, "ambient")])
         .unwrap();
-    let make = |name: &str, node| {
-        cluster
-            .create_pod(&PodSpec::new(name, node))
-            .unwrap_or_else(|e| panic!("creating {name}: {e:#}\n{}", cluster.diagnostics()))
-    };
+    let make = |name: &str, node| cluster.must_create_pod(&PodSpec::new(name, node));
     let (a1, b1) = (make("a1", NodeId::A), make("b1", NodeId::B));
     let pods = [a1.clone(), b1.clone()];
     let _echo_a =

@@ -39,12 +39,6 @@ fn start(labelled: bool) -> Cluster {
     cluster
 }
 
-fn pod(cluster: &Cluster, spec: PodSpec) -> Arc<Pod> {
-    cluster
-        .create_pod(&spec)
-        .unwrap_or_else(|e| panic!("creating {}: {e:#}\n{}", spec.name, cluster.diagnostics()))
-}
-
 fn is_enrolled(cluster: &Cluster, p: &Pod) -> bool {
     cluster.redirection(&p.namespace, &p.name).as_deref() == Some("enabled")
         && cluster.captured(p)
@@ -122,9 +116,9 @@ fn assert_plain(wire: &Summary, what: &str) {
 #[test]
 fn namespace_label_captures_running_pods_and_removing_it_releases_them() {
     let cluster = start(false);
-    let a1 = pod(&cluster, PodSpec::new("a1", NodeId::A));
-    let b1 = pod(&cluster, PodSpec::new("b1", NodeId::B));
-    let b2 = pod(&cluster, PodSpec::new("b2", NodeId::B));
+    let a1 = cluster.must_create_pod(&PodSpec::new("a1", NodeId::A));
+    let b1 = cluster.must_create_pod(&PodSpec::new("b1", NodeId::B));
+    let b2 = cluster.must_create_pod(&PodSpec::new("b2", NodeId::B));
     let all = [&a1, &b1, &b2];
     let echo = EchoServer::start(cluster.netns_of(&b1), any(8080)).unwrap();
 
@@ -195,13 +189,11 @@ fn namespace_label_captures_running_pods_and_removing_it_releases_them() {
 #[test]
 fn opt_out_label_and_host_network_pods_are_never_touched() {
     let cluster = start(true);
-    let a1 = pod(&cluster, PodSpec::new("a1", NodeId::A));
-    let out_a = pod(
-        &cluster,
-        PodSpec::new("opted-out", NodeId::A).label(DATAPLANE_LABEL, "none"),
-    );
-    let b1 = pod(&cluster, PodSpec::new("b1", NodeId::B));
-    let host = pod(&cluster, PodSpec::new("host", NodeId::B).host_network());
+    let a1 = cluster.must_create_pod(&PodSpec::new("a1", NodeId::A));
+    let out_a = cluster
+        .must_create_pod(&PodSpec::new("opted-out", NodeId::A).label(DATAPLANE_LABEL, "none"));
+    let b1 = cluster.must_create_pod(&PodSpec::new("b1", NodeId::B));
+    let host = cluster.must_create_pod(&PodSpec::new("host", NodeId::B).host_network());
     let all = [&a1, &out_a, &b1, &host];
 
     wait_until(GENEROUS, "a1 and b1 enrolled", || {
@@ -253,7 +245,7 @@ fn opt_out_label_and_host_network_pods_are_never_touched() {
 #[test]
 fn pod_created_in_labelled_namespace_is_captured_before_its_first_connection() {
     let cluster = start(true);
-    let b1 = pod(&cluster, PodSpec::new("b1", NodeId::B));
+    let b1 = cluster.must_create_pod(&PodSpec::new("b1", NodeId::B));
     let _echo = EchoServer::start(cluster.netns_of(&b1), any(8080)).unwrap();
     wait_until(GENEROUS, "b1 enrolled", || is_enrolled(&cluster, &b1)).unwrap();
     wait_config(&cluster, &[&b1], Protocol::Hbone);
@@ -266,7 +258,7 @@ fn pod_created_in_labelled_namespace_is_captured_before_its_first_connection() {
     .unwrap();
     // CNI ADD returns only once rules are in and ztunnel acknowledged the pod: the app's very
     // first connection, made the moment the sandbox exists, is already tunnelled.
-    let fresh = pod(&cluster, PodSpec::new("fresh", NodeId::A));
+    let fresh = cluster.must_create_pod(&PodSpec::new("fresh", NodeId::A));
     let mut data = MARKER.to_vec();
     data.extend(random_bytes(64 * 1024));
     echo_exact(
@@ -314,8 +306,8 @@ fn round_trip(conn: &mut TcpStream, n: usize) -> std::io::Result<()> {
 #[test]
 fn agent_restart_keeps_flows_and_enrols_pods_created_during_the_outage() {
     let cluster = start(true);
-    let a1 = pod(&cluster, PodSpec::new("a1", NodeId::A));
-    let b1 = pod(&cluster, PodSpec::new("b1", NodeId::B));
+    let a1 = cluster.must_create_pod(&PodSpec::new("a1", NodeId::A));
+    let b1 = cluster.must_create_pod(&PodSpec::new("b1", NodeId::B));
     let _echo = EchoServer::start(cluster.netns_of(&b1), any(8080)).unwrap();
     wait_until(GENEROUS, "enrolled", || {
         is_enrolled(&cluster, &a1) && is_enrolled(&cluster, &b1)
@@ -367,8 +359,8 @@ fn agent_restart_keeps_flows_and_enrols_pods_created_during_the_outage() {
 #[test]
 fn ztunnel_restart_gets_the_snapshot_again_and_traffic_resumes() {
     let cluster = start(true);
-    let a1 = pod(&cluster, PodSpec::new("a1", NodeId::A));
-    let b1 = pod(&cluster, PodSpec::new("b1", NodeId::B));
+    let a1 = cluster.must_create_pod(&PodSpec::new("a1", NodeId::A));
+    let b1 = cluster.must_create_pod(&PodSpec::new("b1", NodeId::B));
     let _echo = EchoServer::start(cluster.netns_of(&b1), any(8080)).unwrap();
     wait_until(GENEROUS, "enrolled", || {
         is_enrolled(&cluster, &a1) && is_enrolled(&cluster, &b1)

@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshtunnel::state::Protocol;
@@ -19,12 +18,6 @@ const GENEROUS: Duration = Duration::from_secs(30);
 
 fn any(port: u16) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
-}
-
-fn pod(cluster: &Cluster, spec: PodSpec) -> Arc<Pod> {
-    cluster
-        .create_pod(&spec)
-        .unwrap_or_else(|e| panic!("creating {}: {e:#}\n{}", spec.name, cluster.diagnostics()))
 }
 
 fn echo_ok(cluster: &Cluster, from: &Pod, to: &Pod) -> anyhow::Result<()> {
@@ -40,9 +33,9 @@ fn policies_are_enforced_and_istiod_going_away_stops_nothing() {
     cluster
         .create_namespace(NS, &[(DATAPLANE_LABEL, "ambient")])
         .unwrap();
-    let a1 = pod(&cluster, PodSpec::new("a1", NodeId::A));
-    let a2 = pod(&cluster, PodSpec::new("a2", NodeId::A));
-    let b1 = pod(&cluster, PodSpec::new("b1", NodeId::B).label("app", "echo"));
+    let a1 = cluster.must_create_pod(&PodSpec::new("a1", NodeId::A));
+    let a2 = cluster.must_create_pod(&PodSpec::new("a2", NodeId::A));
+    let b1 = cluster.must_create_pod(&PodSpec::new("b1", NodeId::B).label("app", "echo"));
     let _echo = EchoServer::start(cluster.netns_of(&b1), any(8080)).unwrap();
     cluster
         .wait_config(&[&a1, &a2, &b1], Protocol::Hbone, GENEROUS)
@@ -117,7 +110,7 @@ fn policies_are_enforced_and_istiod_going_away_stops_nothing() {
         back.elapsed().as_millis()
     );
     echo_ok(&cluster, &a1, &b1).expect("a1 -> b1 after the resync");
-    let a3 = pod(&cluster, PodSpec::new("a3", NodeId::A));
+    let a3 = cluster.must_create_pod(&PodSpec::new("a3", NodeId::A));
     cluster
         .wait_config(&[&a3], Protocol::Hbone, GENEROUS)
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.diagnostics()));

@@ -72,11 +72,7 @@ fn node_restart(first: First) {
     cluster
         .create_namespace(NS, &[(DATAPLANE_LABEL, "ambient")])
         .unwrap();
-    let make = |name: &str, node| {
-        cluster
-            .create_pod(&PodSpec::new(name, node))
-            .unwrap_or_else(|e| panic!("creating {name}: {e:#}\n{}", cluster.diagnostics()))
-    };
+    let make = |name: &str, node| cluster.must_create_pod(&PodSpec::new(name, node));
     let (a1, a2, b1) = (
         make("a1", NodeId::A),
         make("a2", NodeId::A),
@@ -222,11 +218,7 @@ fn a_pod_recreated_with_the_same_name_and_ip_starts_fresh() {
     cluster
         .create_namespace(NS, &[(DATAPLANE_LABEL, "ambient")])
         .unwrap();
-    let make = |name: &str, node| {
-        cluster
-            .create_pod(&PodSpec::new(name, node))
-            .unwrap_or_else(|e| panic!("creating {name}: {e:#}\n{}", cluster.diagnostics()))
-    };
+    let make = |name: &str, node| cluster.must_create_pod(&PodSpec::new(name, node));
     let b1 = make("b1", NodeId::B);
     let _echo = EchoServer::start(cluster.netns_of(&b1), "0.0.0.0:8080".parse().unwrap()).unwrap();
     cluster

@@ -6,13 +6,12 @@
 //! Traffic goes client pod → its ztunnel → waypoint → backend pod's ztunnel → backend.
 //! How the waypoint is deployed without istiod's templates: `e2e/src/cluster/waypoint.rs`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use controlplane::Resource;
 use meshtunnel::state::Protocol;
 use meshtunnel_e2e::cluster::{
-    wait_until, Cluster, ClusterOptions, ClusterWaypoint, Pod, PodSpec, DATAPLANE_LABEL,
+    wait_until, Cluster, ClusterOptions, ClusterWaypoint, PodSpec, DATAPLANE_LABEL,
 };
 use meshtunnel_e2e::mesh::http_in;
 use meshtunnel_e2e::waypoint::HttpBackend;
@@ -22,12 +21,6 @@ use test_support::NodeId;
 const NS: &str = "wpc";
 const GATEWAY: &str = "waypoint";
 const GENEROUS: Duration = Duration::from_secs(60);
-
-fn pod(cluster: &Cluster, spec: PodSpec) -> Arc<Pod> {
-    cluster
-        .create_pod(&spec)
-        .unwrap_or_else(|e| panic!("creating {}: {e:#}\n{}", spec.name, cluster.diagnostics()))
-}
 
 fn apply(cluster: &Cluster, name: &str, yaml: &str) {
     let file = cluster.dir.path().join(format!("{name}.yaml"));
@@ -118,17 +111,15 @@ spec:
         ),
     );
 
-    let client = pod(&cluster, PodSpec::new("client", NodeId::A).namespace(NS));
-    let v1 = pod(
-        &cluster,
-        PodSpec::new("v1", NodeId::B)
+    let client = cluster.must_create_pod(&PodSpec::new("client", NodeId::A).namespace(NS));
+    let v1 = cluster.must_create_pod(
+        &PodSpec::new("v1", NodeId::B)
             .namespace(NS)
             .label("app", "echo")
             .label("version", "v1"),
     );
-    let v2 = pod(
-        &cluster,
-        PodSpec::new("v2", NodeId::B)
+    let v2 = cluster.must_create_pod(
+        &PodSpec::new("v2", NodeId::B)
             .namespace(NS)
             .label("app", "echo")
             .label("version", "v2"),

@@ -105,6 +105,14 @@ impl Cluster {
         self.node(id).runtime()
     }
 
+    /// [`Self::create_pod`] for a test step that must succeed: panics with the error and every
+    /// daemon's log tail.
+    #[track_caller]
+    pub fn must_create_pod(&self, spec: &PodSpec) -> Arc<Pod> {
+        self.create_pod(spec)
+            .unwrap_or_else(|e| panic!("creating {}: {e:#}\n{}", spec.name, self.diagnostics()))
+    }
+
     /// Creates the Pod object, then starts its sandbox (see [`Cluster::start_sandbox`]). If the
     /// sandbox fails, the object stays (Pending), as it would in a cluster.
     pub fn create_pod(&self, spec: &PodSpec) -> Result<Arc<Pod>> {
