@@ -21,6 +21,8 @@ pub(crate) struct AdaptiveBuf {
     next: usize,
     /// The last read left room in the buffer: the socket had nothing more queued then.
     drained: bool,
+    /// Nothing read yet: a new socket's first readiness can be stale (see [`ReadReady`]).
+    fresh: bool,
 }
 
 impl AdaptiveBuf {
@@ -29,6 +31,7 @@ impl AdaptiveBuf {
             buf: BytesMut::new(),
             next: MIN_READ,
             drained: false,
+            fresh: true,
         }
     }
 
@@ -38,7 +41,8 @@ impl AdaptiveBuf {
         rd: &mut R,
     ) -> std::io::Result<BytesMut> {
         if self.buf.capacity() == 0 {
-            std::future::poll_fn(|cx| rd.poll_read_ready(cx)).await?;
+            let confirm = std::mem::take(&mut self.fresh);
+            std::future::poll_fn(|cx| rd.poll_read_ready(cx, confirm)).await?;
         }
         self.buf.reserve(self.next);
         let want = self.buf.capacity() - self.buf.len();
@@ -99,16 +103,46 @@ pub trait FinProbe {
 /// connection allocates none.
 pub trait ReadReady {
     /// Ready when a read would not wait. The default is always ready: the buffer is then
-    /// allocated before the read waits, as for any `AsyncRead`.
-    fn poll_read_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    /// allocated before the read waits, as for any `AsyncRead`. With `confirm`, readiness the
+    /// reactor reports is checked against the socket first: a socket nothing was read from
+    /// yet starts out ready in tokio, and a connection whose client never sends (a
+    /// server-first protocol, a held-open idle connection) would hold a 4 KiB buffer for its
+    /// whole life.
+    fn poll_read_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _confirm: bool,
+    ) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 }
 
 impl ReadReady for tokio::net::tcp::ReadHalf<'_> {
-    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // Tokio clears the readiness after a short read, so this waits for new bytes.
-        self.as_ref().poll_read_ready(cx)
+    fn poll_read_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        confirm: bool,
+    ) -> Poll<std::io::Result<()>> {
+        use nix::sys::socket::{recv, MsgFlags};
+        let sock = self.as_ref();
+        loop {
+            // After a read, tokio clears the readiness on a short read: this waits for new bytes.
+            std::task::ready!(sock.poll_read_ready(cx))?;
+            if !confirm {
+                return Poll::Ready(Ok(()));
+            }
+            // A one-byte peek: WouldBlock clears the stale readiness and the loop waits again;
+            // bytes, EOF or an error are for the read to take.
+            let fd = sock.as_raw_fd();
+            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            let peeked = sock.try_io(tokio::io::Interest::READABLE, || {
+                recv(fd, &mut [0u8; 1], flags).map_err(std::io::Error::from)
+            });
+            match peeked {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                _ => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 

@@ -93,3 +93,13 @@ async fn an_idle_read_holds_no_buffer() {
     a.write_all(b"pong").await.unwrap();
     assert_eq!(&buf.read(&mut rd).await.unwrap()[..], b"pong");
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sent_holds_no_buffer() {
+    let (_a, mut b) = pair().await;
+    let (mut rd, _wr) = b.halves();
+    let mut buf = AdaptiveBuf::new();
+    let waited = tokio::time::timeout(Duration::from_millis(50), buf.read(&mut rd)).await;
+    assert!(waited.is_err(), "nothing was sent");
+    assert_eq!(buf.held(), 0);
+}

@@ -153,7 +153,7 @@ impl Pool {
                                 )));
                             }
                         }
-                        let dialed = self.dial(key).await;
+                        let dialed = Box::pin(self.dial(key)).await;
                         *lock(&entry.last_failure) =
                             dialed.as_ref().err().map(|e| (e.kind(), e.to_string()));
                         entry.dials_done.fetch_add(1, Ordering::AcqRel);

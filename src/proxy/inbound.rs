@@ -8,15 +8,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::RecvStream;
+use h2::{RecvStream, SendStream};
 use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
 use super::{connect_with, ProxyInputs};
-use crate::authz::{ConnInfo, LiveConns};
+use crate::authz::{Admitted, ConnInfo, LiveConns};
 use crate::hbone::{self, check_connect, LocalTargets};
 use crate::identity::{peer_identity, Identity};
-use crate::metrics::ResponseFlags;
+use crate::metrics::{ConnMeter, ResponseFlags};
 
 pub(super) async fn handle(
     inputs: Arc<ProxyInputs>,
@@ -63,14 +63,65 @@ pub(super) async fn handle(
     }
 }
 
-async fn stream(
+/// Not an `async fn`: its arguments go straight into the boxed setup future, so they take no
+/// room in the task for the stream's whole life (see [`super::two_phase`]).
+pub(super) fn stream(
+    inputs: Arc<ProxyInputs>,
+    live: Arc<LiveConns>,
+    client: Identity,
+    peer: SocketAddr,
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) -> impl std::future::Future<Output = ()> + Send {
+    super::two_phase(accept(inputs, live, client, peer, req, respond), Ready::run)
+}
+
+/// A stream past its checks, with the app dialed and the 200 sent.
+struct Ready {
+    app: TcpStream,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    meter: ConnMeter,
+    admitted: Admitted,
+}
+
+impl Ready {
+    fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        let Ready {
+            mut app,
+            send,
+            recv,
+            meter,
+            admitted,
+        } = self;
+        async move {
+            // A policy re-check may revoke the stream; dropping the copy resets it (RST_STREAM).
+            let (to_client, to_app) = (meter.server_to_client(), meter.client_to_server());
+            let copy = hbone::copy_bidirectional_metered(&mut app, send, recv, to_client, to_app);
+            match admitted.run(copy).await {
+                None => meter.revoked(),
+                Some(Ok(_)) => meter.finish(Ok::<(), std::io::Error>(())),
+                // The client's side went away (its ztunnel stopped at its deadline, say): the
+                // app gets a FIN, not a reset.
+                Some(Err(e)) => {
+                    meter.finish(Err(e));
+                    super::close_after_failure(app).await;
+                }
+            }
+        }
+    }
+}
+
+/// Checks the CONNECT and the policy, dials the app and answers 200; None when the stream
+/// was refused (answered, counted and logged here).
+async fn accept(
     inputs: Arc<ProxyInputs>,
     live: Arc<LiveConns>,
     client: Identity,
     peer: SocketAddr,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) {
+) -> Option<Ready> {
     let (snapshot, me) = inputs.local_workload().await;
     let local = match &me {
         Some(w) => LocalTargets::Known(&w.workload_ips),
@@ -81,7 +132,7 @@ async fn stream(
         Err(rej) => {
             tracing::info!(uid = %inputs.uid, %peer, %client, uri = %req.uri(), rejected = %rej, "HBONE request refused");
             hbone::reject(respond, rej.status);
-            return;
+            return None;
         }
     };
     // Only a waypoint of this pod is trusted to name someone else as the client; anyone else's
@@ -116,7 +167,8 @@ async fn stream(
         Ok(a) => a,
         Err(d) => {
             hbone::reject(respond, StatusCode::UNAUTHORIZED);
-            return meter.fail(ResponseFlags::Deny, &d.reason);
+            meter.fail(ResponseFlags::Deny, &d.reason);
+            return None;
         }
     };
     // The outer connection comes from the client pod's own namespace, so its source IP is the
@@ -133,30 +185,23 @@ async fn stream(
         Ok(s) => s,
         Err(e) => {
             hbone::reject(respond, StatusCode::SERVICE_UNAVAILABLE);
-            return meter.fail(ResponseFlags::Connect, &e);
+            meter.fail(ResponseFlags::Connect, &e);
+            return None;
         }
     };
     tracing::debug!(uid = %inputs.uid, %peer, client_identity = %client, server_identity = %inputs.identity,
         %target, "HBONE tunnel accepted");
     let send = match respond.send_response(Response::new(()), false) {
         Ok(s) => s,
-        Err(_) => return,
+        Err(_) => return None,
     };
-    // A policy re-check may revoke the stream; dropping the copy resets it (RST_STREAM).
-    let (to_client, to_app) = (meter.server_to_client(), meter.client_to_server());
-    let mut app = app;
-    let copy =
-        hbone::copy_bidirectional_metered(&mut app, send, req.into_body(), to_client, to_app);
-    match admitted.run(copy).await {
-        None => meter.revoked(),
-        Some(Ok(_)) => meter.finish(Ok::<(), std::io::Error>(())),
-        // The client's side went away (its ztunnel stopped at its deadline, say): the app
-        // gets a FIN, not a reset.
-        Some(Err(e)) => {
-            meter.finish(Err(e));
-            super::close_after_failure(app).await;
-        }
-    }
+    Some(Ready {
+        app,
+        send,
+        recv: req.into_body(),
+        meter,
+        admitted,
+    })
 }
 
 /// The outer connection comes from the client pod's own namespace, so its source IP is the

@@ -212,6 +212,45 @@ pub(crate) async fn close_after_failure(mut s: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(CLOSE_LINGER, discard).await;
 }
 
+/// A connection's handler in two phases: `setup` (routing, policy, dials: most of the state)
+/// in a boxed future freed as soon as it is done, then `run` (the copy) in the task itself.
+/// What an open connection holds is then only the copy's state. Callers pass their arguments
+/// straight into `setup` from a plain `fn`: an `async fn` would keep room for them (and rustc
+/// keeps a moved capture twice) for the connection's whole life.
+fn two_phase<S, R, Fut>(setup: S, run: fn(R) -> Fut) -> impl std::future::Future<Output = ()> + Send
+where
+    S: std::future::Future<Output = Option<R>> + Send + 'static,
+    R: Send,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let setup = Box::pin(setup);
+    async move {
+        let copy = match setup.await {
+            Some(ready) => run(ready),
+            None => return,
+        };
+        copy.await
+    }
+}
+
+/// Runs a connection's handler until it ends or `stop` fires, then closes it with FIN
+/// ([`close_gracefully`]).
+fn until_force_close<F: std::future::Future<Output = ()>>(
+    fut: F,
+    stop: CancellationToken,
+    fd: std::os::fd::RawFd,
+) -> impl std::future::Future<Output = ()> {
+    // On the heap: pinning `fut` inside the task would move it from the task's captures into a
+    // local, and rustc keeps room for both, twice the handler's size per open connection.
+    let mut fut = Box::pin(fut);
+    async move {
+        tokio::select! {
+            _ = &mut fut => {},
+            _ = stop.cancelled() => close_gracefully(fd, fut.as_mut()).await,
+        }
+    }
+}
+
 /// How long a cut connection's handler gets to close its own way (GOAWAY, close_notify).
 const HANDLER_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long a cut connection waits for the peer's FIN after ours.
@@ -248,14 +287,7 @@ async fn accept_loop<F, Fut>(
                     // Only the number: the socket itself stays with the handler. Valid while
                     // `fut` (which owns the socket) is alive.
                     let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
-                    let fut = handle(s, peer);
-                    life.tracker.spawn(async move {
-                        tokio::pin!(fut);
-                        tokio::select! {
-                            _ = &mut fut => {},
-                            _ = stop.cancelled() => close_gracefully(fd, fut).await,
-                        }
-                    });
+                    life.tracker.spawn(until_force_close(handle(s, peer), stop, fd));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on a hot error.
@@ -266,3 +298,7 @@ async fn accept_loop<F, Fut>(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "task_size_tests.rs"]
+mod task_size_tests;

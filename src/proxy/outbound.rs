@@ -9,23 +9,92 @@ use http::{Method, Request};
 use tokio::net::TcpStream;
 
 use super::{connect_with, original_dst, ProxyInputs};
-use crate::hbone::{self, Pool, PoolKey};
+use crate::hbone::{self, Pool, PoolKey, Tunnel};
 use crate::metrics::{ConnMeter, ResponseFlags};
 use crate::state::{Protocol, ResolveError, Route, Upstream, WaypointGap, WaypointHop};
 
-pub(super) async fn handle(inputs: Arc<ProxyInputs>, pool: Pool, app: TcpStream, src: SocketAddr) {
+/// Not an `async fn`: its arguments go straight into the boxed setup future, so they take no
+/// room in the task for the connection's whole life (see [`super::two_phase`]).
+pub(super) fn handle(
+    inputs: Arc<ProxyInputs>,
+    pool: Pool,
+    app: TcpStream,
+    src: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send {
+    super::two_phase(setup(inputs, pool, app, src), Ready::run)
+}
+
+/// A connection past setup: both ends open, bytes not yet moving.
+enum Ready {
+    Plain {
+        app: TcpStream,
+        up: TcpStream,
+        meter: ConnMeter,
+    },
+    Hbone {
+        app: TcpStream,
+        tunnel: Tunnel,
+        meter: ConnMeter,
+    },
+}
+
+impl Ready {
+    async fn run(self) {
+        match self {
+            Ready::Plain { app, up, meter } => {
+                let moved = crate::copy::copy_bidirectional_metered(
+                    app,
+                    up,
+                    meter.client_to_server(),
+                    meter.server_to_client(),
+                )
+                .await;
+                meter.finish(moved.map(drop));
+            }
+            Ready::Hbone {
+                mut app,
+                tunnel,
+                meter,
+            } => {
+                let _guard = tunnel.guard;
+                let moved = hbone::copy_bidirectional_metered(
+                    &mut app,
+                    tunnel.send,
+                    tunnel.response.into_body(),
+                    meter.client_to_server(),
+                    meter.server_to_client(),
+                )
+                .await;
+                let failed = moved.is_err();
+                meter.finish(moved.map(drop));
+                if failed {
+                    super::close_after_failure(app).await;
+                }
+            }
+        }
+    }
+}
+
+/// Finds where the app meant to go and opens the way there; None when the connection is
+/// refused or cannot be made (counted and logged here).
+async fn setup(
+    inputs: Arc<ProxyInputs>,
+    pool: Pool,
+    app: TcpStream,
+    src: SocketAddr,
+) -> Option<Ready> {
     let dst = match original_dst(&app) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(uid = %inputs.uid, %src, error = %e, "no original destination");
-            return;
+            return None;
         }
     };
     if inputs.ports.contains(dst.port())
         && (dst.ip().is_loopback() || inputs.pod_ips().contains(&dst.ip()))
     {
         tracing::warn!(uid = %inputs.uid, %src, %dst, "refusing connection to a ztunnel port (loop)");
-        return;
+        return None;
     }
     // No wait for this pod's own workload here: an outbound connection does not need it (it
     // only labels the metrics), so a pod not in the config yet is not held up.
@@ -57,7 +126,8 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, pool: Pool, app: TcpStream,
             } else {
                 tracing::warn!(uid = %inputs.uid, %src, %dst, error = %e, "no route");
             }
-            meter.fail(ResponseFlags::Connect, &e)
+            meter.fail(ResponseFlags::Connect, &e);
+            None
         }
         Ok(Upstream::Passthrough(addr)) => plain(&inputs, app, addr, meter).await,
         Ok(Upstream::Workload {
@@ -74,8 +144,12 @@ pub(super) async fn handle(inputs: Arc<ProxyInputs>, pool: Pool, app: TcpStream,
                 );
                 let host = service.as_ref().map(|s| s.hostname.as_str());
                 let req = connect_request(addr, src, host);
-                if let Err(e) = tunnel(&pool, &key, req, app, meter).await {
-                    tracing::debug!(uid = %inputs.uid, %src, %dst, error = %e, "HBONE dial failed");
+                match tunnel(&pool, &key, req, app, meter).await {
+                    Ok(ready) => ready,
+                    Err(e) => {
+                        tracing::debug!(uid = %inputs.uid, %src, %dst, error = %e, "HBONE dial failed");
+                        None
+                    }
                 }
             }
         },
@@ -92,32 +166,36 @@ async fn via_waypoint(
     app: TcpStream,
     src: SocketAddr,
     meter: ConnMeter,
-) {
+) -> Option<Ready> {
     let key = PoolKey::new(inputs.identity.clone(), hop.identities, hop.addr);
     let host = hop.service.as_ref().map(|s| s.hostname.as_str());
     let req = connect_request(hop.authority, src, host);
-    if let Err(e) = tunnel(pool, &key, req, app, meter).await {
-        tracing::warn!(uid = %inputs.uid, %src, dst = %hop.authority, waypoint = %hop.name,
-            instance = %hop.addr, error = %e, "refused: the destination's waypoint is unreachable");
-        inputs
-            .meter
-            .waypoint_unavailable(&hop.name, WaypointGap::Unreachable);
+    match tunnel(pool, &key, req, app, meter).await {
+        Ok(ready) => ready,
+        Err(e) => {
+            tracing::warn!(uid = %inputs.uid, %src, dst = %hop.authority, waypoint = %hop.name,
+                instance = %hop.addr, error = %e, "refused: the destination's waypoint is unreachable");
+            inputs
+                .meter
+                .waypoint_unavailable(&hop.name, WaypointGap::Unreachable);
+            None
+        }
     }
 }
 
-async fn plain(inputs: &ProxyInputs, app: TcpStream, dst: SocketAddr, meter: ConnMeter) {
-    let up = match connect_with(inputs.factory.as_ref(), dst, None, &inputs.h2.sockets).await {
-        Ok(s) => s,
-        Err(e) => return meter.fail(ResponseFlags::Connect, &e),
-    };
-    let moved = crate::copy::copy_bidirectional_metered(
-        app,
-        up,
-        meter.client_to_server(),
-        meter.server_to_client(),
-    )
-    .await;
-    meter.finish(moved.map(drop));
+async fn plain(
+    inputs: &ProxyInputs,
+    app: TcpStream,
+    dst: SocketAddr,
+    meter: ConnMeter,
+) -> Option<Ready> {
+    match connect_with(inputs.factory.as_ref(), dst, None, &inputs.h2.sockets).await {
+        Ok(up) => Some(Ready::Plain { app, up, meter }),
+        Err(e) => {
+            meter.fail(ResponseFlags::Connect, &e);
+            None
+        }
+    }
 }
 
 fn connect_request(
@@ -132,30 +210,30 @@ fn connect_request(
         .body(())
 }
 
-/// Carries `app` over one CONNECT stream. Err only when no stream could be opened (the
-/// peer could not be dialed); every outcome is recorded on `meter`.
+/// Opens one CONNECT stream for `app`. Err only when no stream could be opened (the peer could
+/// not be dialed); Ok(None) when the peer refused; every failure is recorded on `meter`.
 async fn tunnel(
     pool: &Pool,
     key: &PoolKey,
     req: Result<Request<()>, http::Error>,
     app: TcpStream,
     meter: ConnMeter,
-) -> Result<(), std::io::Error> {
+) -> Result<Option<Ready>, std::io::Error> {
     let req = match req {
         Ok(r) => r,
         Err(e) => {
             meter.fail(ResponseFlags::Connect, &e);
-            return Ok(());
+            return Ok(None);
         }
     };
-    let t = match pool.connect(key, req).await {
+    let tunnel = match pool.connect(key, req).await {
         Ok(t) => t,
         Err(e) => {
             meter.fail(ResponseFlags::Connect, &e);
             return Err(e);
         }
     };
-    let status = t.response.status();
+    let status = tunnel.response.status();
     if status != http::StatusCode::OK {
         let flags = if status == http::StatusCode::UNAUTHORIZED {
             ResponseFlags::Deny
@@ -166,22 +244,7 @@ async fn tunnel(
             flags,
             &format_args!("HBONE peer {} answered {status}", key.addr),
         );
-        return Ok(());
+        return Ok(None);
     }
-    let _guard = t.guard;
-    let mut app = app;
-    let moved = hbone::copy_bidirectional_metered(
-        &mut app,
-        t.send,
-        t.response.into_body(),
-        meter.client_to_server(),
-        meter.server_to_client(),
-    )
-    .await;
-    let failed = moved.is_err();
-    meter.finish(moved.map(drop));
-    if failed {
-        super::close_after_failure(app).await;
-    }
-    Ok(())
+    Ok(Some(Ready::Hbone { app, tunnel, meter }))
 }
