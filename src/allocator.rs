@@ -5,8 +5,19 @@
 //! size with mmap and trims freed memory above 128 KiB back to the kernel, so every frame paid
 //! for fresh pages: page faults, zeroing and unmapping were ~15 % of both ztunnels' CPU in a
 //! profile of one bulk stream (issue 12). Keeping blocks up to 1 MiB in the heap and up to
-//! 8 MiB of free memory per arena before trimming stops that churn, at the price of that much
-//! memory kept after a burst. Operators who set glibc's own variables keep theirs.
+//! 8 MiB of free memory per arena before trimming stops that churn.
+//!
+//! The price would be memory kept after a burst, for good: glibc only ever returns the top of
+//! an arena, and free pages in the middle (a burst of connections freed in another order than
+//! allocated) stay resident. So every [`RELEASE_EVERY`] a thread hands all free pages back
+//! (`malloc_trim`), as jemalloc's decay does for upstream's ztunnel: a burst costs page faults
+//! once per period, not per frame, and RSS returns to what is in use (issue 13's soak).
+//! Operators who set glibc's own variables keep theirs, and no thread is started.
+
+use std::time::Duration;
+
+/// How often free memory is returned to the kernel.
+pub const RELEASE_EVERY: Duration = Duration::from_secs(10);
 
 /// Applies the settings unless `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or
 /// `GLIBC_TUNABLES` is set (glibc has then read them). Call before the runtime starts.
@@ -27,5 +38,52 @@ pub fn tune() {
             nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1024 * 1024);
             nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 8 * 1024 * 1024);
         }
+        // Off the runtime's workers: a trim walks every arena and may take a few milliseconds
+        // on a large heap. Without the thread (it could not be started) only RSS suffers.
+        let _ = std::thread::Builder::new()
+            .name("malloc-release".into())
+            .stack_size(64 * 1024)
+            .spawn(|| loop {
+                std::thread::sleep(RELEASE_EVERY);
+                release_free_memory();
+            });
+    }
+}
+
+/// Hands every free page of every arena back to the kernel.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim is thread-safe (it takes each arena's lock) and only releases pages
+    // no allocation uses.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn rss_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn freed_memory_held_below_a_live_block_is_returned() {
+        const BLOCK: usize = 32 * 1024; // below glibc's mmap threshold: heap memory
+        const FREED: usize = 64 * 1024 * 1024;
+        let mut blocks: Vec<Vec<u8>> = (0..FREED / BLOCK).map(|_| vec![1u8; BLOCK]).collect();
+        // The last block stays: the freed ones sit below it, where free() never trims.
+        let keep = blocks.pop();
+        drop(blocks);
+        let before = rss_bytes();
+        super::release_free_memory();
+        let after = rss_bytes();
+        drop(keep);
+        assert!(
+            before.saturating_sub(after) > (FREED / 2) as u64,
+            "RSS {before} -> {after} bytes after releasing {FREED} freed bytes"
+        );
     }
 }

@@ -163,6 +163,8 @@ fn main() -> std::process::ExitCode {
             }
         }
     };
+    // The same memory pattern as ztunnel's (frame-sized buffers per request): the same settings.
+    meshtunnel::allocator::tune();
     let _log = meshtunnel::logging::init(&settings.log_level, settings.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
