@@ -36,6 +36,7 @@ fn main() -> std::process::ExitCode {
     meshtunnel::allocator::tune();
     let log = meshtunnel::logging::init(&cli.settings.log_level, cli.settings.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.settings.worker_threads)
         .enable_all()
         .build()
     {

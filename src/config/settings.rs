@@ -232,6 +232,13 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     pub http2_frame_size: u32,
 
+    /// Threads of the async runtime that carries all traffic: a number, or a share of the
+    /// CPUs the process may use such as `50%` (upstream's setting and default, 2: a node proxy
+    /// is sized per node, not per core).
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", value_name = "N|PCT%", default_value = "2",
+          value_parser = parse_worker_threads)]
+    pub worker_threads: usize,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -337,6 +344,27 @@ impl Settings {
     }
 }
 
+/// `N` (at least 1) or `P%` of the CPUs this process may run on (at least 1).
+fn parse_worker_threads(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    if let Some(pct) = s.strip_suffix('%') {
+        let pct: usize = pct
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| (1..=100).contains(p))
+            .ok_or_else(|| format!("{s:?}: a share of the CPUs is 1% to 100%"))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return Ok((cpus * pct / 100).max(1));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?}: want a thread count of 1 or more, or a share such as 50%"
+        )),
+    }
+}
+
 fn parse_log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_owned())
@@ -392,6 +420,7 @@ mod tests {
         "KEEPALIVE_TIME",
         "KEEPALIVE_INTERVAL",
         "KEEPALIVE_RETRIES",
+        "ZTUNNEL_WORKER_THREADS",
     ];
 
     fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
@@ -565,5 +594,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("forever"), "{e}");
+    }
+
+    #[test]
+    fn worker_threads_are_a_count_or_a_share_of_the_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (given, want) in [
+            (None, Some(2)),
+            (Some("1"), Some(1)),
+            (Some("8"), Some(8)),
+            (Some("100%"), Some(cpus)),
+            (Some("1%"), Some(1)),
+            (Some("0"), None),
+            (Some("0%"), None),
+            (Some("101%"), None),
+            (Some("two"), None),
+            (Some("-1"), None),
+        ] {
+            let vars: Vec<(&str, &str)> = given
+                .map(|g| ("ZTUNNEL_WORKER_THREADS", g))
+                .into_iter()
+                .collect();
+            let got = with_env(&vars, || parse(&[]).map(|s| s.worker_threads).ok());
+            assert_eq!(got, want, "ZTUNNEL_WORKER_THREADS={given:?}");
+        }
     }
 }
