@@ -1,6 +1,6 @@
 //! `MESHTUNNEL_BENCH_PROFILE=bulk|conns|pingpong`: instead of the table, one meshed workload
 //! repeated for `MESHTUNNEL_BENCH_PROFILE_SECS` (default 15), reported as the CPU time both
-//! ztunnels spent on it (per GB, per 1,000 connections, or per 64 B round trip). `MESHTUNNEL_BENCH_PROFILE=open`: only the
+//! ztunnels spent on it (per GB, per 1,000 connections, or per 1 KiB round trip). `MESHTUNNEL_BENCH_PROFILE=open`: only the
 //! memory each open, idle meshed connection costs each ztunnel (see [`open_conns`]). CPU time moves less with other load on the
 //! machine than throughput does, so A/B runs of two builds (`MESHTUNNEL_BIN_DIR`) compare it.
 //! With `MESHTUNNEL_BENCH_PERF=FILE`, `perf record -e cpu-clock -g` samples both ztunnels
@@ -65,7 +65,7 @@ pub fn run(mesh: &Mesh, kind: &str) {
         "pingpong" => {
             use std::io::{Read, Write};
             let mut c = super::load::connect(a1, mesh.addr("b1", 9001), false);
-            let (msg, mut back) = ([7u8; 64], [0u8; 64]);
+            let (msg, mut back) = ([7u8; 1024], [0u8; 1024]); // port 9001 echoes 1 KiB messages
             let mut n = 0u64;
             while start.elapsed() < dur {
                 c.write_all(&msg).unwrap();
@@ -74,7 +74,7 @@ pub fn run(mesh: &Mesh, kind: &str) {
             }
             let used = cpu() - cpu0;
             println!(
-                "64 B ping-pong on one connection: {n} round trips, {:.0}/s; both ztunnels {used:.2} CPU s = {:.1} CPU µs per round trip",
+                "1 KiB ping-pong on one connection: {n} round trips, {:.0}/s; both ztunnels {used:.2} CPU s = {:.1} CPU µs per round trip",
                 n as f64 / start.elapsed().as_secs_f64(),
                 used / n as f64 * 1e6
             );
