@@ -10,7 +10,7 @@ mod stream;
 
 pub use pool::{Dialer, Pool, PoolKey, StreamGuard, Tunnel};
 pub use request::{check_connect, forwarded_for, parse_forwarded_for, LocalTargets, Rejection};
-pub use server::{reject, serve_connection, serve_draining};
+pub use server::{reject, serve_connection, serve_draining, WIND_DOWN_GRACE};
 pub use settings::H2Settings;
 pub use stream::{copy_bidirectional, copy_bidirectional_metered, Transferred};
 

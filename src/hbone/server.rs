@@ -31,7 +31,7 @@ where
 /// [`serve_connection`] that also drains: once `drain` fires the client is told (GOAWAY,
 /// graceful: the streams it already sent are still served) to open new streams elsewhere, and
 /// the connection closes cleanly (final GOAWAY, TLS close_notify, FIN) when its last stream
-/// ends. `stop` still ends everything at once.
+/// ends. `stop` ends it: streams get [`WIND_DOWN_GRACE`] to end themselves, the rest is cut.
 pub async fn serve_draining<IO, H, F>(
     io: IO,
     settings: &H2Settings,
@@ -79,6 +79,20 @@ where
                 draining = true;
             }
             _ = stop.cancelled() => {
+                // Streams that end on `stop` themselves (the proxy's wind-down: END_STREAM
+                // both ways) get a moment to, with this task still driving the connection;
+                // whatever is left after it is cut.
+                if !draining {
+                    conn.graceful_shutdown();
+                }
+                let ended = async {
+                    while let Some(next) = conn.accept().await {
+                        if let Ok((_, respond)) = next {
+                            reject(respond, StatusCode::SERVICE_UNAVAILABLE);
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(WIND_DOWN_GRACE, ended).await;
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 // Let the GOAWAY flush; the peer sees its streams end.
                 let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
@@ -88,6 +102,10 @@ where
     }
 }
 
+/// How long streams get to end by themselves once `stop` fires (one round trip to the peer and
+/// its app, in a cluster), before the connection is cut under them.
+pub const WIND_DOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Answers a request with a bodiless status (an HBONE refusal).
 pub fn reject(mut respond: SendResponse<Bytes>, status: StatusCode) {
     let resp = Response::builder()
@@ -96,3 +114,7 @@ pub fn reject(mut respond: SendResponse<Bytes>, status: StatusCode) {
         .unwrap_or_else(|_| Response::new(()));
     let _ = respond.send_response(resp, true);
 }
+
+#[cfg(test)]
+#[path = "wind_down_tests.rs"]
+mod wind_down_tests;

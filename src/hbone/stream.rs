@@ -3,9 +3,10 @@
 
 use std::future::poll_fn;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::copy::{AdaptiveBuf, Duplex, FinProbe, FinWrite, Progress, ReadReady, Unmetered};
 
@@ -26,20 +27,27 @@ pub async fn copy_bidirectional<T: Duplex>(
     send: SendStream<Bytes>,
     recv: RecvStream,
 ) -> std::io::Result<Transferred> {
-    copy_bidirectional_metered(&mut tcp, send, recv, &Unmetered, &Unmetered).await
+    copy_bidirectional_metered(&mut tcp, send, recv, &Unmetered, &Unmetered, None).await
 }
 
 /// [`copy_bidirectional`], reporting each chunk to `tcp_to_h2` / `h2_to_tcp` as it is handed on.
 /// The socket is borrowed: the proxy closes it cleanly itself when the tunnel failed.
+///
+/// `wind_down` (a ztunnel's drain deadline) ends the stream the way HTTP/2 ends one: no more
+/// reads from the socket, END_STREAM to the peer (whose app then sees a FIN), and the copy
+/// finishes once the peer's END_STREAM comes back, as when the app itself had closed. Bytes
+/// still waiting for flow-control window go first. The socket's unread input is the caller's
+/// to discard; a peer that never ends its side leaves the stream to the caller's fallback.
 pub async fn copy_bidirectional_metered<T: Duplex>(
     tcp: &mut T,
     send: SendStream<Bytes>,
     recv: RecvStream,
     tcp_to_h2_progress: &dyn Progress,
     h2_to_tcp_progress: &dyn Progress,
+    wind_down: Option<&CancellationToken>,
 ) -> std::io::Result<Transferred> {
     let (mut rd, mut wr) = tcp.halves();
-    let up = tcp_to_h2(&mut rd, send, tcp_to_h2_progress);
+    let up = tcp_to_h2(&mut rd, send, tcp_to_h2_progress, wind_down);
     let down = h2_to_tcp(recv, &mut wr, h2_to_tcp_progress);
     let (a, b) = tokio::try_join!(up, down)?;
     Ok(Transferred {
@@ -52,11 +60,24 @@ async fn tcp_to_h2<R: AsyncRead + FinProbe + ReadReady + Unpin>(
     rd: &mut R,
     mut send: SendStream<Bytes>,
     progress: &dyn Progress,
+    wind_down: Option<&CancellationToken>,
 ) -> std::io::Result<u64> {
     let mut buf = AdaptiveBuf::new();
     let mut total = 0u64;
+    // Registered once, not per read: this loop runs per chunk on the data path.
+    let wound_down = async {
+        match wind_down {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(wound_down);
     loop {
-        let data = buf.read(rd).await?;
+        let data = tokio::select! {
+            biased;
+            _ = &mut wound_down => BytesMut::new(), // as if the app had sent its FIN
+            r = buf.read(rd) => r?,
+        };
         if data.is_empty() {
             send.send_data(Bytes::new(), true).map_err(h2_io)?;
             return Ok(total);

@@ -11,6 +11,7 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::{connect_with, ProxyInputs};
 use crate::authz::{Admitted, ConnInfo, LiveConns};
@@ -83,6 +84,8 @@ struct Ready {
     recv: RecvStream,
     meter: ConnMeter,
     admitted: Admitted,
+    /// The drain deadline: the stream then ends with END_STREAM, not a reset.
+    wind_down: CancellationToken,
 }
 
 impl Ready {
@@ -93,14 +96,29 @@ impl Ready {
             recv,
             meter,
             admitted,
+            wind_down,
         } = self;
         async move {
             // A policy re-check may revoke the stream; dropping the copy resets it (RST_STREAM).
             let (to_client, to_app) = (meter.server_to_client(), meter.client_to_server());
-            let copy = hbone::copy_bidirectional_metered(&mut app, send, recv, to_client, to_app);
+            let copy = hbone::copy_bidirectional_metered(
+                &mut app,
+                send,
+                recv,
+                to_client,
+                to_app,
+                Some(&wind_down),
+            );
             match admitted.run(copy).await {
                 None => meter.revoked(),
-                Some(Ok(_)) => meter.finish(Ok::<(), std::io::Error>(())),
+                Some(Ok(_)) => {
+                    meter.finish(Ok::<(), std::io::Error>(()));
+                    // Wound down, the app's last bytes were never read: discard them up to
+                    // its FIN rather than reset it by closing over them.
+                    if wind_down.is_cancelled() {
+                        super::close_after_failure(app).await;
+                    }
+                }
                 // The client's side went away (its ztunnel stopped at its deadline, say): the
                 // app gets a FIN, not a reset.
                 Some(Err(e)) => {
@@ -201,6 +219,7 @@ async fn accept(
         recv: req.into_body(),
         meter,
         admitted,
+        wind_down: inputs.life.force_close.clone(),
     })
 }
 

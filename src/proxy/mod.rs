@@ -160,13 +160,14 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
 
 /// Ends a connection cut by a deadline or a Del with a FIN, not a RST: a socket closed with
 /// unread bytes in its receive queue sends RST, so after the handler has had a moment to close
-/// its own way (an HBONE connection sends GOAWAY and TLS close_notify), we shut down our side
+/// its own way (an HBONE stream ends with END_STREAM both ways, an HBONE connection sends GOAWAY
+/// and TLS close_notify), we shut down our side
 /// and discard what the peer still sends until its FIN, bounded by [`CLOSE_LINGER`].
 async fn close_gracefully<F: std::future::Future<Output = ()>>(
     fd: std::os::fd::RawFd,
     mut fut: std::pin::Pin<&mut F>,
 ) {
-    if tokio::time::timeout(HANDLER_CLOSE_GRACE, &mut fut)
+    if tokio::time::timeout(crate::hbone::WIND_DOWN_GRACE, &mut fut)
         .await
         .is_ok()
     {
@@ -251,12 +252,10 @@ fn until_force_close<F: std::future::Future<Output = ()>>(
     }
 }
 
-/// How long a cut connection's handler gets to close its own way (GOAWAY, close_notify).
-const HANDLER_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long a cut connection waits for the peer's FIN after ours.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Upper bound for a cut connection to be closed, for a caller that must not leave earlier.
-pub const CLOSE_BUDGET: std::time::Duration = HANDLER_CLOSE_GRACE
+pub const CLOSE_BUDGET: std::time::Duration = crate::hbone::WIND_DOWN_GRACE
     .saturating_add(CLOSE_LINGER.saturating_add(std::time::Duration::from_millis(100)));
 
 /// Accepts until `stop_accept`, then closes the listener; the last of the pod's listeners

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::{Method, Request};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::{connect_with, original_dst, ProxyInputs};
 use crate::hbone::{self, Pool, PoolKey, Tunnel};
@@ -35,6 +36,8 @@ enum Ready {
         app: TcpStream,
         tunnel: Tunnel,
         meter: ConnMeter,
+        /// The drain deadline: the stream then ends with END_STREAM, not a reset.
+        wind_down: CancellationToken,
     },
 }
 
@@ -55,6 +58,7 @@ impl Ready {
                 mut app,
                 tunnel,
                 meter,
+                wind_down,
             } => {
                 let _guard = tunnel.guard;
                 let moved = hbone::copy_bidirectional_metered(
@@ -63,11 +67,14 @@ impl Ready {
                     tunnel.response.into_body(),
                     meter.client_to_server(),
                     meter.server_to_client(),
+                    Some(&wind_down),
                 )
                 .await;
-                let failed = moved.is_err();
+                // Wound down, the app's last bytes were never read: discard them up to its FIN
+                // rather than reset it by closing over them.
+                let unread = moved.is_err() || wind_down.is_cancelled();
                 meter.finish(moved.map(drop));
-                if failed {
+                if unread {
                     super::close_after_failure(app).await;
                 }
             }
@@ -144,7 +151,8 @@ async fn setup(
                 );
                 let host = service.as_ref().map(|s| s.hostname.as_str());
                 let req = connect_request(addr, src, host);
-                match tunnel(&pool, &key, req, app, meter).await {
+                let wind_down = inputs.life.force_close.clone();
+                match tunnel(&pool, &key, req, app, meter, wind_down).await {
                     Ok(ready) => ready,
                     Err(e) => {
                         tracing::debug!(uid = %inputs.uid, %src, %dst, error = %e, "HBONE dial failed");
@@ -170,7 +178,8 @@ async fn via_waypoint(
     let key = PoolKey::new(inputs.identity.clone(), hop.identities, hop.addr);
     let host = hop.service.as_ref().map(|s| s.hostname.as_str());
     let req = connect_request(hop.authority, src, host);
-    match tunnel(pool, &key, req, app, meter).await {
+    let wind_down = inputs.life.force_close.clone();
+    match tunnel(pool, &key, req, app, meter, wind_down).await {
         Ok(ready) => ready,
         Err(e) => {
             tracing::warn!(uid = %inputs.uid, %src, dst = %hop.authority, waypoint = %hop.name,
@@ -218,6 +227,7 @@ async fn tunnel(
     req: Result<Request<()>, http::Error>,
     app: TcpStream,
     meter: ConnMeter,
+    wind_down: CancellationToken,
 ) -> Result<Option<Ready>, std::io::Error> {
     let req = match req {
         Ok(r) => r,
@@ -246,5 +256,10 @@ async fn tunnel(
         );
         return Ok(None);
     }
-    Ok(Some(Ready::Hbone { app, tunnel, meter }))
+    Ok(Some(Ready::Hbone {
+        app,
+        tunnel,
+        meter,
+        wind_down,
+    }))
 }
