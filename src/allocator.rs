@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 /// How often free memory is returned to the kernel.
-pub const RELEASE_EVERY: Duration = Duration::from_secs(10);
+const RELEASE_EVERY: Duration = Duration::from_secs(10);
 
 /// Applies the settings unless `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or
 /// `GLIBC_TUNABLES` is set (glibc has then read them). Call before the runtime starts.
@@ -51,7 +51,7 @@ pub fn tune() {
 }
 
 /// Hands every free page of every arena back to the kernel.
-pub fn release_free_memory() {
+fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim is thread-safe (it takes each arena's lock) and only releases pages
     // no allocation uses.

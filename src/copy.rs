@@ -123,7 +123,6 @@ impl ReadReady for tokio::net::tcp::ReadHalf<'_> {
         cx: &mut Context<'_>,
         confirm: bool,
     ) -> Poll<std::io::Result<()>> {
-        use nix::sys::socket::{recv, MsgFlags};
         let sock = self.as_ref();
         loop {
             // After a read, tokio clears the readiness on a short read: this waits for new bytes.
@@ -131,12 +130,10 @@ impl ReadReady for tokio::net::tcp::ReadHalf<'_> {
             if !confirm {
                 return Poll::Ready(Ok(()));
             }
-            // A one-byte peek: WouldBlock clears the stale readiness and the loop waits again;
-            // bytes, EOF or an error are for the read to take.
-            let fd = sock.as_raw_fd();
-            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            // WouldBlock clears the stale readiness and the loop waits again; bytes, EOF or an
+            // error are for the read to take.
             let peeked = sock.try_io(tokio::io::Interest::READABLE, || {
-                recv(fd, &mut [0u8; 1], flags).map_err(std::io::Error::from)
+                peek_one(sock).map_err(std::io::Error::from)
             });
             match peeked {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -165,13 +162,17 @@ impl Duplex for TcpStream {
 
 impl FinProbe for tokio::net::tcp::ReadHalf<'_> {
     fn fin_queued(&self) -> bool {
-        use nix::sys::socket::{recv, MsgFlags};
-        // A one-byte peek that never blocks and bypasses the reactor's readiness, which a
-        // short read has just cleared: Ok(0) is EOF; data or EAGAIN means not (yet).
-        let fd = self.as_ref().as_raw_fd();
-        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-        matches!(recv(fd, &mut [0u8; 1], flags), Ok(0))
+        // Bypasses the reactor's readiness, which a short read has just cleared: Ok(0) is EOF;
+        // data or EAGAIN means not (yet).
+        matches!(peek_one(self.as_ref()), Ok(0))
     }
+}
+
+/// A one-byte MSG_PEEK that never blocks: Ok(0) is EOF, Ok(1) bytes are queued, EAGAIN none.
+fn peek_one(sock: &TcpStream) -> nix::Result<usize> {
+    use nix::sys::socket::{recv, MsgFlags};
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    recv(sock.as_raw_fd(), &mut [0u8; 1], flags)
 }
 
 impl FinWrite for tokio::net::tcp::WriteHalf<'_> {

@@ -160,9 +160,9 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
 
 /// Ends a connection cut by a deadline or a Del with a FIN, not a RST: a socket closed with
 /// unread bytes in its receive queue sends RST, so after the handler has had a moment to close
-/// its own way (an HBONE stream ends with END_STREAM both ways, an HBONE connection sends GOAWAY
-/// and TLS close_notify), we shut down our side
-/// and discard what the peer still sends until its FIN, bounded by [`CLOSE_LINGER`].
+/// its own way (an HBONE stream ends with END_STREAM both ways, an HBONE connection sends
+/// GOAWAY and TLS close_notify), we shut down our side and discard what the peer still sends
+/// until its FIN, bounded by [`CLOSE_LINGER`].
 async fn close_gracefully<F: std::future::Future<Output = ()>>(
     fd: std::os::fd::RawFd,
     mut fut: std::pin::Pin<&mut F>,
