@@ -59,7 +59,7 @@ async fn fixture(settings: H2Settings) -> Fixture {
                 drain_srv.clone()
             };
             tokio::spawn(async move {
-                let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
+                let Ok(tls) = hbone::tls_accept(cfg, tcp).await else {
                     return;
                 };
                 let stop = CancellationToken::new();
@@ -93,8 +93,7 @@ async fn fixture(settings: H2Settings) -> Fixture {
             .unwrap();
         Box::pin(async move {
             let tcp = TcpStream::connect(key.addr).await?;
-            tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::IpAddress(key.addr.ip().into()), tcp)
+            meshtunnel::hbone::tls_connect(cfg, ServerName::IpAddress(key.addr.ip().into()), tcp)
                 .await
         })
     });

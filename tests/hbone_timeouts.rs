@@ -113,10 +113,7 @@ async fn a_peer_that_never_answers_the_connect_is_given_up() {
     let s = stop.clone();
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let tls = tokio_rustls::TlsAcceptor::from(server_cfg)
-            .accept(tcp)
-            .await
-            .unwrap();
+        let tls = hbone::tls_accept(server_cfg, tcp).await.unwrap();
         let _ = hbone::serve_connection(tls, &H2Settings::default(), s, |_req, respond| {
             async move {
                 // Holds the stream open without a response.
@@ -131,8 +128,7 @@ async fn a_peer_that_never_answers_the_connect_is_given_up() {
         let cfg = tls.client_config(slot.clone(), key.dst.clone()).unwrap();
         Box::pin(async move {
             let tcp = TcpStream::connect(key.addr).await?;
-            tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::IpAddress(key.addr.ip().into()), tcp)
+            meshtunnel::hbone::tls_connect(cfg, ServerName::IpAddress(key.addr.ip().into()), tcp)
                 .await
         })
     });

@@ -253,8 +253,7 @@ impl HboneClient {
                 let std_tcp = rx.await.map_err(std::io::Error::other)??;
                 std_tcp.set_nonblocking(true)?;
                 let tcp = tokio::net::TcpStream::from_std(std_tcp)?;
-                tokio_rustls::TlsConnector::from(cfg)
-                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                meshtunnel::hbone::tls_connect(cfg, ServerName::IpAddress(addr.ip().into()), tcp)
                     .await
             })
         });

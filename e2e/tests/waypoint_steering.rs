@@ -145,8 +145,7 @@ async fn serve(
         Box::pin(async move {
             let cfg = cfg.map_err(std::io::Error::other)?;
             let tcp = meshtunnel::proxy::connect(factory.as_ref(), key.addr, None).await?;
-            tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::IpAddress(key.addr.ip().into()), tcp)
+            meshtunnel::hbone::tls_connect(cfg, ServerName::IpAddress(key.addr.ip().into()), tcp)
                 .await
         })
     });
@@ -169,7 +168,7 @@ async fn serve(
             stop.clone(),
         );
         tokio::spawn(async move {
-            let Ok(tls) = tokio_rustls::TlsAcceptor::from(server).accept(tcp).await else {
+            let Ok(tls) = meshtunnel::hbone::tls_accept(server, tcp).await else {
                 return;
             };
             let Some(client) = peer_identity(tls.get_ref().1.peer_certificates()) else {

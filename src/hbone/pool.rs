@@ -16,10 +16,9 @@ use futures_util::future::BoxFuture;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use super::stream::h2_io;
+use super::transport::ClientTls;
 use super::H2Settings;
 use crate::identity::Identity;
 
@@ -40,8 +39,9 @@ impl PoolKey {
 }
 
 /// Opens the TLS connection for a key (TCP from the right network namespace, then mTLS).
+/// [`super::tls_connect`] does the TLS part.
 pub type Dialer =
-    Arc<dyn Fn(PoolKey) -> BoxFuture<'static, std::io::Result<TlsStream<TcpStream>>> + Send + Sync>;
+    Arc<dyn Fn(PoolKey) -> BoxFuture<'static, std::io::Result<ClientTls>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Pool {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use rustls::pki_types::ServerName;
 
 use super::{InpodNetns, InpodSocketFactory};
-use crate::hbone::{Dialer, H2Settings, Pool};
+use crate::hbone::{self, Dialer, H2Settings, Pool};
 use crate::identity::{CertManager, CertSlot, Identity, TlsContext};
 use crate::proxy::{self, Lifecycle, Ports, ProxyInputs, SocketFactory};
 use crate::state::{LocalPod, State, WorkloadInfo, LOCAL_WORKLOAD_WAIT};
@@ -328,9 +328,7 @@ fn dialer(
                 .client_config(cert, key.dst.clone())
                 .map_err(std::io::Error::other)?;
             let tcp = proxy::connect_with(factory.as_ref(), key.addr, None, &sockets).await?;
-            tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::IpAddress(key.addr.ip().into()), tcp)
-                .await
+            hbone::tls_connect(cfg, ServerName::IpAddress(key.addr.ip().into()), tcp).await
         })
     })
 }

@@ -26,7 +26,7 @@ pub(super) async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let accept = tokio_rustls::TlsAcceptor::from(server).accept(tcp);
+    let accept = hbone::tls_accept(server, tcp);
     let tls = match tokio::time::timeout(inputs.h2.handshake_timeout, accept).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {

@@ -38,7 +38,6 @@ pub async fn serve(
     h2: H2Settings,
     stop: CancellationToken,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -51,10 +50,9 @@ pub async fn serve(
                 }
             },
         };
-        let (acceptor, shared, h2, stop) =
-            (acceptor.clone(), shared.clone(), h2.clone(), stop.clone());
+        let (tls, shared, h2, stop) = (tls.clone(), shared.clone(), h2.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(acceptor, tcp, peer, shared, h2, stop).await {
+            if let Err(e) = connection(tls, tcp, peer, shared, h2, stop).await {
                 tracing::debug!(%peer, error = %e, "HBONE connection ended");
             }
         });
@@ -62,7 +60,7 @@ pub async fn serve(
 }
 
 async fn connection(
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Arc<ServerConfig>,
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -70,7 +68,7 @@ async fn connection(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, hbone::tls_accept(tls, tcp))
         .await
         .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))??;
     let Some(identity) = peer_identity(tls.get_ref().1.peer_certificates()) else {

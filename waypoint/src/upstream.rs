@@ -247,9 +247,7 @@ fn dialer(tls: TlsContext, cert: Arc<CertSlot>, timeout: Duration) -> Dialer {
             let connect = async {
                 let tcp = TcpStream::connect(key.addr).await?;
                 let _ = tcp.set_nodelay(true);
-                tokio_rustls::TlsConnector::from(cfg)
-                    .connect(ServerName::IpAddress(key.addr.ip().into()), tcp)
-                    .await
+                hbone::tls_connect(cfg, ServerName::IpAddress(key.addr.ip().into()), tcp).await
             };
             tokio::time::timeout(timeout, connect).await.map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "HBONE dial timed out")

@@ -1,0 +1,187 @@
+//! The TCP socket under a HBONE connection's TLS, and the TLS handshakes that put it there.
+//!
+//! Why a wrapper: rustls reads the socket one record at a time (at most ~16 KiB per `recv`),
+//! and writes after every 64 KiB of plaintext. On a bulk stream that is a system call (and
+//! often a TCP window update) per record, the largest cost the profile showed after the
+//! kernel's own copies (issue 12). Here the socket is read in chunks of up to
+//! [`READ_AHEAD`] that rustls then takes from memory, and rustls may hold a whole HTTP/2 frame
+//! of records for one `writev`.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+/// Largest single read from the socket. A TCP receive queue on a fast link typically holds
+/// tens of KiB when the reader wakes, so this rarely limits a read.
+pub(crate) const READ_AHEAD: usize = 128 * 1024;
+/// The smallest read: one TLS record. A connection carrying small messages allocates no
+/// more than rustls itself would (and glibc frees chunks below 64 KiB without consolidating).
+const READ_MIN: usize = 16 * 1024 + 256;
+
+/// Encrypted bytes rustls may queue before a write returns: one 256 KiB HTTP/2 frame (our
+/// `max_frame_size`) with its record overhead, so a frame leaves in one `writev`.
+pub(crate) const TLS_SEND_BUFFER: usize = 320 * 1024;
+
+/// A HBONE connection's TLS stream, client side (what a [`super::Dialer`] returns).
+pub type ClientTls = tokio_rustls::client::TlsStream<Transport>;
+/// A HBONE connection's TLS stream, server side.
+pub type ServerTls = tokio_rustls::server::TlsStream<Transport>;
+
+/// A TCP socket read ahead in large chunks. The buffer exists only while bytes are waiting
+/// in it or the socket is busy: it is released when the socket has nothing more to read, so
+/// an idle connection holds none.
+pub struct Transport {
+    tcp: TcpStream,
+    /// Read from the socket, not yet taken by TLS.
+    ahead: BytesMut,
+    /// Room for the next read: twice what the last one brought, so bulk traffic reads
+    /// [`READ_AHEAD`] at a time and small messages stay small.
+    next: usize,
+}
+
+impl Transport {
+    pub fn new(tcp: TcpStream) -> Self {
+        Transport {
+            tcp,
+            ahead: BytesMut::new(),
+            next: READ_MIN,
+        }
+    }
+
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.peer_addr()
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Fills `ahead` with one read; Ok(0) at EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        // The buffer is allocated only once the socket says it is readable, and released
+        // whenever there is nothing to read, so a connection waiting for its peer holds none.
+        if self.tcp.poll_read_ready(cx)?.is_pending() {
+            self.ahead = BytesMut::new();
+            return Poll::Pending;
+        }
+        self.ahead.reserve(self.next);
+        // tokio's own read, not `try_read_buf`: after a short read it knows the socket is
+        // drained, which saves a `recv` that would only say EAGAIN on every small message.
+        match poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.ahead) {
+            Poll::Pending => {
+                self.ahead = BytesMut::new();
+                Poll::Pending
+            }
+            Poll::Ready(Ok(n)) => {
+                self.next = (2 * n).clamp(READ_MIN, READ_AHEAD);
+                Poll::Ready(Ok(n))
+            }
+            err => err,
+        }
+    }
+}
+
+/// Socket options (keepalive, the FIN probe) apply to the socket itself.
+impl std::os::fd::AsFd for Transport {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.tcp.as_fd()
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.ahead.is_empty() {
+            if out.remaining() >= READ_AHEAD {
+                // A reader with room for a whole chunk gains nothing from the detour.
+                return Pin::new(&mut this.tcp).poll_read(cx, out);
+            }
+            if ready!(this.poll_fill(cx))? == 0 {
+                this.ahead = BytesMut::new();
+                return Poll::Ready(Ok(())); // EOF
+            }
+        }
+        let n = out.remaining().min(this.ahead.len());
+        out.put_slice(&this.ahead[..n]);
+        this.ahead.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// The client side of a HBONE connection's TLS handshake.
+pub async fn tls_connect(
+    cfg: Arc<rustls::ClientConfig>,
+    server: rustls::pki_types::ServerName<'static>,
+    tcp: TcpStream,
+) -> std::io::Result<ClientTls> {
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(server, Transport::new(tcp))
+        .await?;
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+    Ok(tls)
+}
+
+/// The server side of a HBONE connection's TLS handshake.
+pub async fn tls_accept(
+    cfg: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+) -> std::io::Result<ServerTls> {
+    let mut tls = tokio_rustls::TlsAcceptor::from(cfg)
+        .accept(Transport::new(tcp))
+        .await?;
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+    Ok(tls)
+}
+
+#[cfg(test)]
+impl Transport {
+    /// Bytes read from the socket and not yet handed on, and the buffer holding them.
+    fn ahead(&self) -> (usize, usize) {
+        (self.ahead.len(), self.ahead.capacity())
+    }
+}
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;
