@@ -23,7 +23,16 @@ pub(crate) struct AdaptiveBuf {
     drained: bool,
     /// Nothing read yet: a new socket's first readiness can be stale (see [`ReadReady`]).
     fresh: bool,
+    /// FIN probes (a system call each) this direction may still make; see [`FIN_PROBES`].
+    probes_left: u8,
 }
+
+/// Drained reads after which a direction stops probing for a FIN with a system call and
+/// relies on the reactor having seen it. A connection that closes right behind its last bytes
+/// (an HTTP/1.1 `Connection: close` exchange, where the probe matters: see [`FinProbe`]) does
+/// so within its first few messages; one that has carried more is long-lived, and a probe per
+/// message would be one more `recv` on every request of a keep-alive connection.
+const FIN_PROBES: u8 = 8;
 
 impl AdaptiveBuf {
     pub(crate) fn new() -> Self {
@@ -32,6 +41,7 @@ impl AdaptiveBuf {
             next: MIN_READ,
             drained: false,
             fresh: true,
+            probes_left: FIN_PROBES,
         }
     }
 
@@ -69,8 +79,18 @@ impl AdaptiveBuf {
 
     /// Whether the bytes just read were followed by the peer's FIN. Asked only after a read
     /// that drained the socket (a full read says nothing, and a bulk stream never pays).
-    pub(crate) fn eof_follows<R: FinProbe>(&self, rd: &R) -> bool {
-        self.drained && rd.fin_queued()
+    pub(crate) fn eof_follows<R: FinProbe>(&mut self, rd: &R) -> bool {
+        if !self.drained {
+            return false;
+        }
+        if rd.fin_seen() {
+            return true;
+        }
+        if self.probes_left == 0 {
+            return false;
+        }
+        self.probes_left -= 1;
+        rd.fin_queued()
     }
 }
 
@@ -93,8 +113,14 @@ pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {
 /// keeps the TIME_WAIT: ~28k ephemeral ports / 60 s caps it at ~470 new connections/s to one
 /// destination (issue 12). Seeing the FIN together with the last bytes lets both leave at once.
 pub trait FinProbe {
-    /// True when the next read would return EOF without waiting.
+    /// True when the next read would return EOF without waiting (may ask the kernel).
     fn fin_queued(&self) -> bool {
+        false
+    }
+
+    /// True when the reactor has already seen the peer's FIN; no system call. False says
+    /// nothing: the FIN may have come after the reactor last looked.
+    fn fin_seen(&self) -> bool {
         false
     }
 }
@@ -165,6 +191,19 @@ impl FinProbe for tokio::net::tcp::ReadHalf<'_> {
         // Bypasses the reactor's readiness, which a short read has just cleared: Ok(0) is EOF;
         // data or EAGAIN means not (yet).
         matches!(peek_one(self.as_ref()), Ok(0))
+    }
+
+    fn fin_seen(&self) -> bool {
+        use futures_util::FutureExt;
+        // Exact only as asked right after a read that drained the socket. That read cleared
+        // "readable" unless the reactor had news since; "read closed" (EPOLLRDHUP) is never
+        // cleared. So closed and not readable: the FIN came before that read, which took every
+        // byte up to it. Closed and readable: bytes may have come after the read (before the
+        // FIN), and only a probe can tell. A readiness already known resolves without waiting.
+        // (tokio's `is_readable` includes "read closed": the bit is tested on its own.)
+        use tokio::io::Ready;
+        let ready = self.ready(tokio::io::Interest::READABLE).now_or_never();
+        matches!(ready, Some(Ok(r)) if r.is_read_closed() && (r & Ready::READABLE).is_empty())
     }
 }
 

@@ -103,3 +103,99 @@ async fn a_connection_that_never_sent_holds_no_buffer() {
     assert!(waited.is_err(), "nothing was sent");
     assert_eq!(buf.held(), 0);
 }
+
+/// Counts the probes that cost a system call.
+struct CountingProbe {
+    probes: std::cell::Cell<u32>,
+    seen: bool,
+}
+
+impl FinProbe for CountingProbe {
+    fn fin_queued(&self) -> bool {
+        self.probes.set(self.probes.get() + 1);
+        false
+    }
+    fn fin_seen(&self) -> bool {
+        self.seen
+    }
+}
+
+#[test]
+fn a_long_lived_direction_stops_probing_but_still_trusts_a_fin_the_reactor_saw() {
+    let mut buf = AdaptiveBuf::new();
+    buf.drained = true;
+    let probe = CountingProbe {
+        probes: Default::default(),
+        seen: false,
+    };
+    for _ in 0..u32::from(FIN_PROBES) + 5 {
+        assert!(!buf.eof_follows(&probe));
+    }
+    assert_eq!(probe.probes.get(), u32::from(FIN_PROBES));
+    let seen = CountingProbe {
+        probes: Default::default(),
+        seen: true,
+    };
+    assert!(buf.eof_follows(&seen));
+    assert_eq!(
+        seen.probes.get(),
+        0,
+        "no system call when the reactor saw the FIN"
+    );
+    buf.drained = false;
+    assert!(
+        !buf.eof_follows(&seen),
+        "a full read says nothing about a FIN"
+    );
+}
+
+/// Drained reads of one byte each until the probe budget is spent.
+async fn spend_the_probes(
+    a: &mut TcpStream,
+    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut AdaptiveBuf,
+) {
+    for _ in 0..FIN_PROBES {
+        a.write_all(b"x").await.unwrap();
+        assert_eq!(&buf.read(rd).await.unwrap()[..], b"x");
+        assert!(!buf.eof_follows(rd));
+    }
+    assert_eq!(buf.probes_left, 0);
+}
+
+#[tokio::test]
+async fn without_probes_a_fin_that_came_before_the_last_read_still_goes_with_the_bytes() {
+    let (mut a, mut b) = pair().await;
+    let (mut rd, _wr) = b.halves();
+    let mut buf = AdaptiveBuf::new();
+    spend_the_probes(&mut a, &mut rd, &mut buf).await;
+    a.write_all(b"last").await.unwrap();
+    a.shutdown().await.unwrap();
+    // The reactor sees bytes and FIN before the read.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(&buf.read(&mut rd).await.unwrap()[..], b"last");
+    assert!(
+        buf.eof_follows(&rd),
+        "FIN seen by the reactor before the read"
+    );
+    assert!(buf.read(&mut rd).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_fin_seen_after_the_last_read_is_not_trusted_while_bytes_may_precede_it() {
+    let (mut a, mut b) = pair().await;
+    let (mut rd, _wr) = b.halves();
+    let mut buf = AdaptiveBuf::new();
+    spend_the_probes(&mut a, &mut rd, &mut buf).await;
+    a.write_all(b"first").await.unwrap();
+    assert_eq!(&buf.read(&mut rd).await.unwrap()[..], b"first");
+    // More bytes and the FIN arrive after that read, and the reactor sees them.
+    a.write_all(b"second").await.unwrap();
+    a.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !buf.eof_follows(&rd),
+        "would have dropped the bytes before the FIN"
+    );
+    assert_eq!(&buf.read(&mut rd).await.unwrap()[..], b"second");
+}
