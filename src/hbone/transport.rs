@@ -44,6 +44,8 @@ pub struct Transport {
     /// Room for the next read: twice what the last one brought, so bulk traffic reads
     /// [`READ_AHEAD`] at a time and small messages stay small.
     next: usize,
+    /// Bytes read since the socket was last found drained.
+    since_drained: usize,
 }
 
 impl Transport {
@@ -52,6 +54,7 @@ impl Transport {
             tcp,
             ahead: BytesMut::new(),
             next: READ_MIN,
+            since_drained: 0,
         }
     }
 
@@ -63,12 +66,24 @@ impl Transport {
         self.tcp.local_addr()
     }
 
+    /// The socket has nothing to read. A connection waiting for its peer holds no buffer,
+    /// except while bulk data flows (much was read since the socket was last drained): then
+    /// it is drained many times a second, and freeing and allocating up to 128 KiB each time
+    /// left the heap fragmented once the load ended (RSS +8 MiB on the receiving node after
+    /// a bulk run). A connection that goes idle gives the buffer up the next time it is found
+    /// drained (after a keepalive PING at the latest).
+    fn drained(&mut self) {
+        if self.since_drained < READ_AHEAD / 2 {
+            self.ahead = BytesMut::new();
+        }
+        self.since_drained = 0;
+    }
+
     /// Fills `ahead` with one read; Ok(0) at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        // The buffer is allocated only once the socket says it is readable, and released
-        // whenever there is nothing to read, so a connection waiting for its peer holds none.
+        // The buffer is allocated only once the socket says it is readable.
         if self.tcp.poll_read_ready(cx)?.is_pending() {
-            self.ahead = BytesMut::new();
+            self.drained();
             return Poll::Pending;
         }
         self.ahead.reserve(self.next);
@@ -76,11 +91,12 @@ impl Transport {
         // drained, which saves a `recv` that would only say EAGAIN on every small message.
         match poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.ahead) {
             Poll::Pending => {
-                self.ahead = BytesMut::new();
+                self.drained();
                 Poll::Pending
             }
             Poll::Ready(Ok(n)) => {
                 self.next = (2 * n).clamp(READ_MIN, READ_AHEAD);
+                self.since_drained += n;
                 Poll::Ready(Ok(n))
             }
             err => err,

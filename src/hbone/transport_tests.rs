@@ -61,13 +61,10 @@ async fn small_messages_take_small_buffers_and_an_idle_connection_holds_none() {
         let (_, held) = t.ahead();
         assert!(held <= 2 * READ_MIN, "{held} B held for a 1 KiB message");
         // Nothing more to read: the poll finds the socket empty and lets the buffer go.
-        let mut buf = [0u8; 16];
-        let idle = poll_fn(|cx| {
-            let mut rb = ReadBuf::new(&mut buf);
-            Poll::Ready(Pin::new(&mut t).poll_read(cx, &mut rb).is_pending())
-        })
-        .await;
-        assert!(idle, "no bytes were sent, yet the read completed");
+        assert!(
+            drained(&mut t).await,
+            "no bytes were sent, yet the read completed"
+        );
         assert_eq!(t.ahead(), (0, 0), "an idle connection holds a read buffer");
     }
 }
@@ -102,4 +99,42 @@ async fn writes_reach_the_peer_unchanged() {
     let mut got = Vec::new();
     peer.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"head body");
+}
+
+/// Polls once; true when the read would wait (the socket is drained).
+async fn drained(t: &mut Transport) -> bool {
+    let mut buf = [0u8; 16];
+    poll_fn(|cx| {
+        let mut rb = ReadBuf::new(&mut buf);
+        Poll::Ready(Pin::new(&mut *t).poll_read(cx, &mut rb).is_pending())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_bulk_reader_keeps_its_buffer_between_bursts_and_gives_it_up_when_traffic_is_small() {
+    let (mut peer, mut t) = pair().await;
+    // Room for the whole burst, so it is all queued before the first read.
+    socket2::SockRef::from(&t.tcp)
+        .set_recv_buffer_size(4 * READ_AHEAD)
+        .unwrap();
+    let burst = pattern(READ_AHEAD);
+    peer.write_all(&burst).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut got = Vec::new();
+    while got.len() < burst.len() {
+        got.extend_from_slice(&read_record(&mut t).await);
+    }
+    assert!(got == burst);
+    assert!(drained(&mut t).await);
+    // Much was read since the socket was last drained: the buffer stays for the next burst.
+    assert!(t.ahead().1 > 0, "bulk reader gave its buffer up");
+    peer.write_all(b"small").await.unwrap();
+    assert_eq!(read_record(&mut t).await, b"small");
+    assert!(drained(&mut t).await);
+    assert_eq!(
+        t.ahead(),
+        (0, 0),
+        "small traffic: no buffer held while waiting"
+    );
 }
