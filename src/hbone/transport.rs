@@ -79,6 +79,32 @@ impl Transport {
         self.since_drained = 0;
     }
 
+    /// Reads straight into the caller's buffer.
+    fn poll_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = out.filled().len();
+        match Pin::new(&mut self.tcp).poll_read(cx, out) {
+            Poll::Pending => {
+                self.drained();
+                Poll::Pending
+            }
+            Poll::Ready(Ok(())) => {
+                self.note_read(out.filled().len() - before);
+                Poll::Ready(Ok(()))
+            }
+            err => err,
+        }
+    }
+
+    /// Sizes the next read from this one.
+    fn note_read(&mut self, n: usize) {
+        self.next = (2 * n).clamp(READ_MIN, READ_AHEAD);
+        self.since_drained += n;
+    }
+
     /// Fills `ahead` with one read; Ok(0) at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         // The buffer is allocated only once the socket says it is readable.
@@ -95,8 +121,7 @@ impl Transport {
                 Poll::Pending
             }
             Poll::Ready(Ok(n)) => {
-                self.next = (2 * n).clamp(READ_MIN, READ_AHEAD);
-                self.since_drained += n;
+                self.note_read(n);
                 Poll::Ready(Ok(n))
             }
             err => err,
@@ -119,9 +144,11 @@ impl AsyncRead for Transport {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.ahead.is_empty() {
-            if out.remaining() >= READ_AHEAD {
-                // A reader with room for a whole chunk gains nothing from the detour.
-                return Pin::new(&mut this.tcp).poll_read(cx, out);
+            if out.remaining() >= READ_AHEAD || this.next == READ_MIN {
+                // Small messages (the last read brought less than half a record), or a reader
+                // with room for a whole chunk: the detour would only add a copy (and for small
+                // messages an allocation per message).
+                return this.poll_direct(cx, out);
             }
             if ready!(this.poll_fill(cx))? == 0 {
                 this.ahead = BytesMut::new();
