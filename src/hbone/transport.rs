@@ -8,7 +8,6 @@
 //! of records for one `writev`.
 
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -49,21 +48,13 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(tcp: TcpStream) -> Self {
+    fn new(tcp: TcpStream) -> Self {
         Transport {
             tcp,
             ahead: BytesMut::new(),
             next: READ_MIN,
             since_drained: 0,
         }
-    }
-
-    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.peer_addr()
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
     }
 
     /// The socket has nothing to read. A connection waiting for its peer holds no buffer,
