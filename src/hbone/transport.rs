@@ -3,9 +3,10 @@
 //! Why a wrapper: rustls reads the socket one record at a time (at most ~16 KiB per `recv`),
 //! and writes after every 64 KiB of plaintext. On a bulk stream that is a system call (and
 //! often a TCP window update) per record, the largest cost the profile showed after the
-//! kernel's own copies (issue 12). Here the socket is read in chunks of up to
-//! [`READ_AHEAD`] that rustls then takes from memory, and rustls may hold a whole HTTP/2 frame
-//! of records for one `writev`.
+//! kernel's own copies (issue 12). Here, while bulk data flows, the socket is read in chunks
+//! of up to [`READ_AHEAD`] that rustls then takes from memory; small messages are still read
+//! straight into rustls' buffer. And rustls may hold a whole HTTP/2 frame of records for one
+//! `writev`.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -19,23 +20,23 @@ use tokio_util::io::poll_read_buf;
 
 /// Largest single read from the socket. A TCP receive queue on a fast link typically holds
 /// tens of KiB when the reader wakes, so this rarely limits a read.
-pub(crate) const READ_AHEAD: usize = 128 * 1024;
-/// The smallest read: one TLS record. A connection carrying small messages allocates no
-/// more than rustls itself would (and glibc frees chunks below 64 KiB without consolidating).
+const READ_AHEAD: usize = 128 * 1024;
+/// The smallest read: one TLS record. While reads bring less than half of it (small
+/// messages), the socket is read straight into the caller's buffer, with no buffer here.
 const READ_MIN: usize = 16 * 1024 + 256;
 
 /// Encrypted bytes rustls may queue before a write returns: one 256 KiB HTTP/2 frame (our
 /// `max_frame_size`) with its record overhead, so a frame leaves in one `writev`.
-pub(crate) const TLS_SEND_BUFFER: usize = 320 * 1024;
+const TLS_SEND_BUFFER: usize = 320 * 1024;
 
 /// A HBONE connection's TLS stream, client side (what a [`super::Dialer`] returns).
 pub type ClientTls = tokio_rustls::client::TlsStream<Transport>;
 /// A HBONE connection's TLS stream, server side.
 pub type ServerTls = tokio_rustls::server::TlsStream<Transport>;
 
-/// A TCP socket read ahead in large chunks. The buffer exists only while bytes are waiting
-/// in it or the socket is busy: it is released when the socket has nothing more to read, so
-/// an idle connection holds none.
+/// A TCP socket read ahead in large chunks while bulk data flows. The buffer is released
+/// when the socket is found drained after little traffic (see [`Transport::drained`]), so an
+/// idle connection holds none.
 pub struct Transport {
     tcp: TcpStream,
     /// Read from the socket, not yet taken by TLS.
