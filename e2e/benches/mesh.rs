@@ -16,6 +16,9 @@ mod http;
 #[path = "mesh/load.rs"]
 #[allow(dead_code)] // each bench uses a part
 mod load;
+#[path = "mesh/observe.rs"]
+#[allow(dead_code)] // each bench uses a part
+mod observe;
 #[path = "mesh/profile.rs"]
 mod profile;
 

@@ -10,7 +10,10 @@
 //!     cargo bench -p meshtunnel-e2e --bench side_by_side
 //! Without MESHTUNNEL_BENCH_UPSTREAM_ZTUNNEL the upstream column is left empty.
 //! MESHTUNNEL_BENCH_ROUNDS (default 3), MESHTUNNEL_BENCH_CONN_SECS (new-connection run per
-//! round, default 10).
+//! round, default 10). To look inside: MESHTUNNEL_BENCH_COUNTS=1 prints each meshed phase's
+//! system calls and context switches per unit of work (see `mesh/observe.rs`);
+//! MESHTUNNEL_BENCH_PERF=DIR records CPU samples of both ztunnels during each meshed 1-stream
+//! bulk run into DIR/<upstream|ours>-round<N>.data.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,6 +32,8 @@ mod http;
 #[path = "mesh/load.rs"]
 #[allow(dead_code)] // each bench uses a part
 mod load;
+#[path = "mesh/observe.rs"]
+mod observe;
 
 use load::{connect, cpu_secs, rss_mib, throughput, BULK};
 
@@ -104,11 +109,12 @@ fn main() {
 
     let mut results: [Vec<Figures>; 3] = Default::default();
     for round in 0..rounds {
-        results[0].push(figures(client, &b2, true, conn_secs, None));
+        results[0].push(figures(NAMES[0], client, &b2, true, conn_secs, None));
         for (i, bin) in [(1, upstream.as_deref()), (2, Some(ours.as_path()))] {
             let Some(bin) = bin else { continue };
             let pids = switch_ztunnels(&cluster, bin, client, &b1);
-            results[i].push(figures(client, &b1, false, conn_secs, Some(pids)));
+            let name = format!("{}-round{}", NAMES[i], round + 1);
+            results[i].push(figures(&name, client, &b1, false, conn_secs, Some(pids)));
         }
         eprintln!("round {} of {rounds} done", round + 1);
         for (i, r) in results.iter().enumerate() {
@@ -168,6 +174,7 @@ fn switch_ztunnels(cluster: &Cluster, bin: &Path, client: &Netns, b1: &Pod) -> [
 }
 
 fn figures(
+    name: &str,
     client: &Netns,
     server: &Pod,
     bypass: bool,
@@ -185,17 +192,52 @@ fn figures(
     if let Some(p) = pids {
         f.rss_idle = rss(p);
     }
+    // Kernel event counts per unit of work (MESHTUNNEL_BENCH_COUNTS), meshed runs only.
+    let counts = || pids.and_then(observe::Counts::start);
     let cpu0 = pids.map(cpu);
+    let c = counts();
+    let perf = match (pids, std::env::var("MESHTUNNEL_BENCH_PERF")) {
+        (Some(p), Ok(dir)) => Some(observe::perf_record(&format!("{dir}/{name}.data"), p)),
+        _ => None,
+    };
     f.bulk1 = throughput(client, server.addr(9000), 1, bypass);
     if let (Some(p), Some(c0)) = (pids, cpu0) {
         f.cpu_per_gb = (cpu(p) - c0) / (BULK as f64 / 1e9);
     }
+    if let Some(p) = perf {
+        observe::stop(p);
+    }
+    if let Some(c) = c {
+        c.finish(&format!("{name}, bulk, 1 stream"), BULK as f64 / 1e6, "MB");
+    }
     f.bulk8 = throughput(client, server.addr(9000), 8, bypass);
+    let c = counts();
     (f.p50, f.p99) = load::latency(client, server.addr(9004), bypass, 64);
-    f.keep_alive = load::keep_alive_rps(client, server.addr(9005), bypass, Duration::from_secs(5));
+    if let Some(c) = c {
+        c.finish(
+            "64 B ping-pong",
+            load::LATENCY_ROUND_TRIPS as f64,
+            "round trip",
+        );
+    }
+    let keep_alive_secs = Duration::from_secs(5);
+    let c = counts();
+    f.keep_alive = load::keep_alive_rps(client, server.addr(9005), bypass, keep_alive_secs);
+    if let Some(c) = c {
+        let requests = f.keep_alive * keep_alive_secs.as_secs_f64();
+        c.finish(&format!("{name}, keep-alive"), requests, "request");
+    }
+    let c = counts();
     let (mean, _slowest, failed) =
         http::sustained_conns(client, server.addr(9002), bypass, conn_secs);
     (f.new_conns, f.failed_conns) = (mean, failed as f64);
+    if let Some(c) = c {
+        c.finish(
+            "new connections",
+            mean * conn_secs.as_secs_f64(),
+            "connection",
+        );
+    }
     if let Some(p) = pids {
         std::thread::sleep(Duration::from_secs(1));
         let held: Vec<TcpStream> = (0..1000)

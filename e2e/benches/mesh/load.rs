@@ -79,13 +79,16 @@ pub fn throughput(ns: &Netns, dst: SocketAddr, streams: usize, bypass: bool) -> 
     (BULK as f64 * 8.0) / start.elapsed().as_secs_f64() / 1e9
 }
 
+/// Round trips one [`latency`] call makes, the first 200 of them as warm-up.
+pub const LATENCY_ROUND_TRIPS: usize = 5200;
+
 /// Ping-pong of `size`-byte messages on one connection: (p50, p99) round trip in µs.
 pub fn latency(ns: &Netns, dst: SocketAddr, bypass: bool, size: usize) -> (f64, f64) {
     let mut c = connect(ns, dst, bypass);
     let msg = vec![7u8; size];
     let mut back = vec![0u8; size];
     let mut samples = Vec::with_capacity(5000);
-    for i in 0..5200 {
+    for i in 0..LATENCY_ROUND_TRIPS {
         let t = Instant::now();
         c.write_all(&msg).unwrap();
         c.read_exact(&mut back).unwrap();

@@ -6,7 +6,6 @@
 //! With `MESHTUNNEL_BENCH_PERF=FILE`, `perf record -e cpu-clock -g` samples both ztunnels
 //! during the workload into FILE.
 
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use meshtunnel_e2e::Mesh;
@@ -32,7 +31,7 @@ pub fn run(mesh: &Mesh, kind: &str) {
     throughput(a1, mesh.addr("b1", 9000), 1, false);
     let perf = std::env::var("MESHTUNNEL_BENCH_PERF")
         .ok()
-        .map(|out| perf_record(&out, pids));
+        .map(|out| super::observe::perf_record(&out, pids));
     let cpu0 = cpu();
     let start = Instant::now();
     match kind {
@@ -81,12 +80,8 @@ pub fn run(mesh: &Mesh, kind: &str) {
         }
         other => panic!("MESHTUNNEL_BENCH_PROFILE={other}: want bulk, conns, pingpong or open"),
     }
-    if let Some(mut p) = perf {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = p.wait();
+    if let Some(p) = perf {
+        super::observe::stop(p);
     }
 }
 
@@ -122,16 +117,6 @@ fn open_conns(mesh: &Mesh, pids: [u32; 2]) {
         settle();
     }
     drop(one);
-}
-
-fn perf_record(out: &str, pids: [u32; 2]) -> Child {
-    let child = Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-g", "-o", out, "-p"])
-        .arg(format!("{},{}", pids[0], pids[1]))
-        .spawn()
-        .expect("perf");
-    std::thread::sleep(Duration::from_millis(500));
-    child
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
