@@ -27,8 +27,8 @@ use std::time::Duration;
 const RELEASE_EVERY: Duration = Duration::from_secs(10);
 
 /// Applies the settings unless `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
-/// `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` is set (glibc has then read them). Call before
-/// the runtime starts.
+/// `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` is set (glibc has then read them), other than
+/// by [`crate::memcpy`]. Call before the runtime starts.
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -38,7 +38,11 @@ pub fn tune() {
             "MALLOC_TRIM_THRESHOLD_",
             "GLIBC_TUNABLES",
         ];
-        if OPERATOR_SET.iter().any(|v| std::env::var_os(v).is_some()) {
+        let operator_set = |v: &&str| {
+            std::env::var_os(v).is_some()
+                && !(*v == "GLIBC_TUNABLES" && crate::memcpy::tunables_are_ours())
+        };
+        if OPERATOR_SET.iter().any(operator_set) {
             return;
         }
         // SAFETY: mallopt only changes the allocator's parameters; it is called once, before

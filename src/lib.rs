@@ -13,6 +13,7 @@ pub mod identity;
 pub mod inpod;
 pub mod local_http;
 pub mod logging;
+pub mod memcpy;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;

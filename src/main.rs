@@ -20,6 +20,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // First: it may restart the process (see the module).
+    meshtunnel::memcpy::avoid_slow_rep_movsb();
     let cli = Cli::parse();
     if let Some(Command::Debug(args)) = &cli.command {
         return match meshtunnel::debug::run(args) {

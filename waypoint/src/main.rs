@@ -130,6 +130,8 @@ fn debug(admin: std::net::SocketAddr, what: &DebugWhat) -> anyhow::Result<String
 }
 
 fn main() -> std::process::ExitCode {
+    // First: it may restart the process (see the module).
+    meshtunnel::memcpy::avoid_slow_rep_movsb();
     let cli = Cli::parse();
     let settings = match &cli.command {
         None => cli.settings,
