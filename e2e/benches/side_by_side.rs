@@ -13,7 +13,7 @@
 //! round, default 10). To look inside: MESHTUNNEL_BENCH_COUNTS=1 prints each meshed phase's
 //! system calls and context switches per unit of work (see `mesh/observe.rs`);
 //! MESHTUNNEL_BENCH_PERF=DIR records CPU samples of both ztunnels during each meshed 1-stream
-//! bulk run into DIR/<upstream|ours>-round<N>.data.
+//! bulk run and 64 B ping-pong into DIR/<upstream|ours>-round<N>-<bulk|pingpong>.data.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -196,15 +196,20 @@ fn figures(
     let counts = || pids.and_then(observe::Counts::start);
     let cpu0 = pids.map(cpu);
     let c = counts();
-    let perf = match (pids, std::env::var("MESHTUNNEL_BENCH_PERF")) {
-        (Some(p), Ok(dir)) => Some(observe::perf_record(&format!("{dir}/{name}.data"), p)),
-        _ => None,
+    let perf_dir = std::env::var("MESHTUNNEL_BENCH_PERF").ok();
+    let perf = |phase: &str| {
+        let (p, dir) = (pids?, perf_dir.as_ref()?);
+        Some(observe::perf_record(
+            &format!("{dir}/{name}-{phase}.data"),
+            p,
+        ))
     };
+    let recording = perf("bulk");
     f.bulk1 = throughput(client, server.addr(9000), 1, bypass);
     if let (Some(p), Some(c0)) = (pids, cpu0) {
         f.cpu_per_gb = (cpu(p) - c0) / (BULK as f64 / 1e9);
     }
-    if let Some(p) = perf {
+    if let Some(p) = recording {
         observe::stop(p);
     }
     if let Some(c) = c {
@@ -212,7 +217,11 @@ fn figures(
     }
     f.bulk8 = throughput(client, server.addr(9000), 8, bypass);
     let c = counts();
+    let recording = perf("pingpong");
     (f.p50, f.p99) = load::latency(client, server.addr(9004), bypass, 64);
+    if let Some(p) = recording {
+        observe::stop(p);
+    }
     if let Some(c) = c {
         c.finish(
             "64 B ping-pong",
