@@ -35,20 +35,6 @@ impl std::fmt::Debug for TlsContext {
     }
 }
 
-/// ring for key exchange, signatures and randomness; aws-lc for the record cipher. A bulk
-/// HBONE stream spends ~12 % of both ztunnels' CPU sealing and opening records, and on a CPU
-/// with 512-bit AES and carry-less multiply (AVX-512 VAES/VPCLMULQDQ: Zen 4, Ice Lake and
-/// later) aws-lc's AES-GCM uses them where ring's stops at 256-bit: its share per GB was 17 %
-/// smaller in profiles of the same run (issue 12). Only the cipher suites come from aws-lc,
-/// so the handshake and its verification stay on one well-trodden path, and the whole aws-lc
-/// provider cost twice the memory (+0.9 against +0.5 MiB per process).
-fn provider() -> CryptoProvider {
-    CryptoProvider {
-        cipher_suites: rustls::crypto::aws_lc_rs::DEFAULT_CIPHER_SUITES.to_vec(),
-        ..rustls::crypto::ring::default_provider()
-    }
-}
-
 impl TlsContext {
     pub fn new(
         roots: &[CertificateDer<'static>],
@@ -60,7 +46,7 @@ impl TlsContext {
         }
         Ok(TlsContext {
             roots: Arc::new(store),
-            provider: Arc::new(provider()),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
             trust_domain: trust_domain.to_owned(),
         })
     }
