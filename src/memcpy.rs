@@ -17,7 +17,7 @@
 //! environment, before any thread, socket or log exists. An operator's own `GLIBC_TUNABLES`
 //! is left alone.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 
 const TUNABLES: &str = "GLIBC_TUNABLES";
 
@@ -84,10 +84,19 @@ fn tunables_for(m: &Machine, current: Option<&OsStr>) -> Option<String> {
 #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 fn reexec_with(value: &str) {
     use std::os::unix::process::CommandExt;
+    // The binary's own path, not `/proc/self/exe`: the kernel names the process after the
+    // file executed, and `ps`, `ss -p` and `pgrep ztunnel` would then show "exe". A binary
+    // deleted since it started (an upgrade in place) is not restarted.
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    if !exe.exists() {
+        return;
+    }
     let mut args = std::env::args_os();
-    let argv0 = args.next().unwrap_or_else(|| OsString::from("ztunnel"));
+    let argv0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
     // `exec` only returns on failure; the process then goes on without the setting.
-    let _ = std::process::Command::new("/proc/self/exe")
+    let _ = std::process::Command::new(&exe)
         .arg0(argv0)
         .args(args)
         .env(TUNABLES, value)

@@ -168,6 +168,9 @@ fn ztunnel_runs_with_fast_copies_where_glibc_needs_telling() {
     } else {
         assert!(tunables.is_empty(), "{first}, AMD {amd}: {tunables:?}");
     }
+    // Still named after its binary (`ps`, `ss -p`, `pgrep ztunnel`), not "exe".
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "ztunnel");
     // The restarted process is the one serving (same pid, still proxying).
     let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
     let conn = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080)).unwrap();
