@@ -38,8 +38,8 @@ pub fn avoid_slow_rep_movsb() {
     }
 }
 
-/// Whether `GLIBC_TUNABLES` holds exactly what [`avoid_slow_rep_movsb`] sets (so it is not
-/// an operator's, whose settings the allocator tuning must then leave alone).
+/// Whether `GLIBC_TUNABLES` holds only the setting [`avoid_slow_rep_movsb`] makes (so it is
+/// not an operator's, whose settings the allocator tuning must then leave alone).
 pub(crate) fn tunables_are_ours() -> bool {
     std::env::var(TUNABLES).is_ok_and(|v| is_ours(&v))
 }

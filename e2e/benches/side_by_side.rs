@@ -192,61 +192,36 @@ fn figures(
     if let Some(p) = pids {
         f.rss_idle = rss(p);
     }
-    // Kernel event counts per unit of work (MESHTUNNEL_BENCH_COUNTS), meshed runs only.
-    let counts = || pids.and_then(observe::Counts::start);
-    let cpu0 = pids.map(cpu);
-    let c = counts();
-    let perf_dir = std::env::var("MESHTUNNEL_BENCH_PERF").ok();
-    let perf = |phase: &str| {
-        let (p, dir) = (pids?, perf_dir.as_ref()?);
-        Some(observe::perf_record(
-            &format!("{dir}/{name}-{phase}.data"),
-            p,
-        ))
+    // Counts and profiles (see `mesh/observe.rs`), meshed runs only.
+    let watch = |phase: &str, profile: bool| {
+        let label = format!("{name}, {phase}");
+        pids.map(|p| observe::Watch::start(p, label, profile.then(|| format!("{name}-{phase}"))))
     };
-    let recording = perf("bulk");
+    let end = |w: Option<observe::Watch>, units: f64, unit: &str| {
+        if let Some(w) = w {
+            w.end(units, unit);
+        }
+    };
+    let w = watch("bulk", true);
+    let cpu0 = pids.map(cpu);
     f.bulk1 = throughput(client, server.addr(9000), 1, bypass);
     if let (Some(p), Some(c0)) = (pids, cpu0) {
         f.cpu_per_gb = (cpu(p) - c0) / (BULK as f64 / 1e9);
     }
-    if let Some(p) = recording {
-        observe::stop(p);
-    }
-    if let Some(c) = c {
-        c.finish(&format!("{name}, bulk, 1 stream"), BULK as f64 / 1e6, "MB");
-    }
+    end(w, BULK as f64 / 1e6, "MB");
     f.bulk8 = throughput(client, server.addr(9000), 8, bypass);
-    let c = counts();
-    let recording = perf("pingpong");
+    let w = watch("pingpong", true);
     (f.p50, f.p99) = load::latency(client, server.addr(9004), bypass, 64);
-    if let Some(p) = recording {
-        observe::stop(p);
-    }
-    if let Some(c) = c {
-        c.finish(
-            "64 B ping-pong",
-            load::LATENCY_ROUND_TRIPS as f64,
-            "round trip",
-        );
-    }
+    end(w, load::LATENCY_ROUND_TRIPS as f64, "round trip");
     let keep_alive_secs = Duration::from_secs(5);
-    let c = counts();
+    let w = watch("keep-alive", false);
     f.keep_alive = load::keep_alive_rps(client, server.addr(9005), bypass, keep_alive_secs);
-    if let Some(c) = c {
-        let requests = f.keep_alive * keep_alive_secs.as_secs_f64();
-        c.finish(&format!("{name}, keep-alive"), requests, "request");
-    }
-    let c = counts();
+    end(w, f.keep_alive * keep_alive_secs.as_secs_f64(), "request");
+    let w = watch("new connections", false);
     let (mean, _slowest, failed) =
         http::sustained_conns(client, server.addr(9002), bypass, conn_secs);
     (f.new_conns, f.failed_conns) = (mean, failed as f64);
-    if let Some(c) = c {
-        c.finish(
-            "new connections",
-            mean * conn_secs.as_secs_f64(),
-            "connection",
-        );
-    }
+    end(w, mean * conn_secs.as_secs_f64(), "connection");
     if let Some(p) = pids {
         std::thread::sleep(Duration::from_secs(1));
         let held: Vec<TcpStream> = (0..1000)

@@ -8,10 +8,45 @@
 //! with counts gives counts only: its times and ratios mean nothing.
 //!
 //! [`perf_record`]: CPU samples with call graphs, for `perf report`.
+//!
+//! [`Watch`]: both around one phase of a bench, as the environment asks.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// Whatever the environment asks to watch during one phase: [`Counts`]
+/// (`MESHTUNNEL_BENCH_COUNTS`) and, for phases given a profile name, a profile into
+/// `$MESHTUNNEL_BENCH_PERF/<name>.data`.
+pub struct Watch {
+    label: String,
+    counts: Option<Counts>,
+    perf: Option<Child>,
+}
+
+impl Watch {
+    pub fn start(pids: [u32; 2], label: String, profile: Option<String>) -> Watch {
+        let perf = profile.and_then(|name| {
+            let dir = std::env::var("MESHTUNNEL_BENCH_PERF").ok()?;
+            Some(perf_record(&format!("{dir}/{name}.data"), pids))
+        });
+        Watch {
+            label,
+            counts: Counts::start(pids),
+            perf,
+        }
+    }
+
+    /// Stops watching; counts are printed per `units` of `unit`.
+    pub fn end(self, units: f64, unit: &str) {
+        if let Some(p) = self.perf {
+            stop(p);
+        }
+        if let Some(c) = self.counts {
+            c.finish(&self.label, units, unit);
+        }
+    }
+}
 
 /// `perf stat` attached to both ztunnels, one per node.
 pub struct Counts {
