@@ -15,10 +15,13 @@ use crate::logging::LogHandle;
 use crate::metrics::Metrics;
 use crate::proxy::Ports;
 use crate::state::{ConfigSnapshot, State};
+use crate::workers::Workers;
 use crate::xds::{self, status::XdsStatus};
 use crate::zds;
 
-pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
+/// Runs the daemon on the caller's runtime (the control plane), with the pods' proxies on
+/// `workers`. Returns once the proxies have drained.
+pub async fn run(settings: Settings, log: LogHandle, workers: Workers) -> anyhow::Result<()> {
     // Taken before any thread has entered a pod's namespace.
     let host_netns = Arc::new(inpod::host_netns().context("opening ztunnel's own netns")?);
 
@@ -72,6 +75,7 @@ pub async fn run(settings: Settings, log: LogHandle) -> anyhow::Result<()> {
             ports: Ports::default(),
             h2: settings.h2(),
             metrics: metrics.clone(),
+            workers,
         },
         state.clone(),
         certs.clone(),

@@ -19,5 +19,6 @@ pub mod proxy;
 pub mod readiness;
 pub mod redirect;
 pub mod state;
+pub mod workers;
 pub mod xds;
 pub mod zds;

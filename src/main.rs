@@ -37,18 +37,21 @@ fn main() -> std::process::ExitCode {
     }
     meshtunnel::allocator::tune();
     let log = meshtunnel::logging::init(&cli.settings.log_level, cli.settings.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.settings.worker_threads)
+    // The control plane on this thread; the traffic on worker threads of their own.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ztunnel: cannot start the async runtime: {e}");
+        .build();
+    let workers = meshtunnel::workers::Workers::start(cli.settings.worker_threads);
+    let (rt, workers) = match (rt, workers) {
+        (Ok(rt), Ok(w)) => (rt, w),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("ztunnel: cannot start the async runtimes: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(meshtunnel::app::run(cli.settings, log)) {
+    let result = rt.block_on(meshtunnel::app::run(cli.settings, log, workers.clone()));
+    workers.stop();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -57,8 +57,12 @@ fn short_and_half_closed_connections_leave_no_fds_behind() {
     let mesh = Mesh::start(MeshOptions::default()).unwrap();
     let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
     let dst = mesh.addr("b1", 8080);
-    // Warm the pool so the baseline includes the pooled HBONE connection.
-    echo_exact(connect_from(mesh.pod_ns("a1"), dst).unwrap(), b"warm").unwrap();
+    // Warm the pools so the baseline includes the pooled HBONE connections: one pool per
+    // worker (2), and the kernel picks a worker per connection; 16 connections reach both but
+    // for a chance of 2^-15.
+    for _ in 0..16 {
+        echo_exact(connect_from(mesh.pod_ns("a1"), dst).unwrap(), b"warm").unwrap();
+    }
     std::thread::sleep(Duration::from_millis(300));
     let baseline = mesh.ztunnel_fds(NodeId::A).unwrap();
 
@@ -175,4 +179,52 @@ fn ztunnel_runs_with_fast_copies_where_glibc_needs_telling() {
     let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
     let conn = connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080)).unwrap();
     echo_exact(conn, b"after the restart").unwrap();
+}
+
+/// ZTUNNEL_WORKER_THREADS=3: three data-path threads, and each pod has a listener per worker on
+/// each capture port (the kernel spreads connections over them; each stays on its worker).
+/// Many concurrent connections, landing on all of them, all get through.
+#[test]
+fn each_worker_thread_has_its_own_listeners_in_each_pod() {
+    let mesh = Mesh::start(MeshOptions {
+        env: vec![("ZTUNNEL_WORKER_THREADS".into(), "3".into())],
+        ..MeshOptions::default()
+    })
+    .unwrap();
+    let pid = mesh.ztunnel_pid(NodeId::A).unwrap();
+    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .filter(|c| c.starts_with("worker-"))
+        .collect();
+    threads.sort();
+    assert_eq!(threads, ["worker-0", "worker-1", "worker-2"]);
+    for pod in ["a1", "b1"] {
+        let out = mesh
+            .pod_ns(pod)
+            .command("ss")
+            .args(["-ltnH"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        for port in [15001, 15006, 15008] {
+            let n = listing
+                .lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(3)
+                        .is_some_and(|a| a.ends_with(&format!(":{port}")))
+                })
+                .count();
+            assert_eq!(n, 3, "{pod}: listeners on {port}:\n{listing}");
+        }
+    }
+    let _echo = EchoServer::start(mesh.pod_ns("b1"), any(8080)).unwrap();
+    let conns: Vec<_> = (0..24)
+        .map(|_| connect_from(mesh.pod_ns("a1"), mesh.addr("b1", 8080)).unwrap())
+        .collect();
+    for (i, c) in conns.into_iter().enumerate() {
+        echo_exact(c, format!("connection {i}").as_bytes()).unwrap();
+    }
 }

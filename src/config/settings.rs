@@ -232,9 +232,9 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     pub http2_frame_size: u32,
 
-    /// Threads of the async runtime that carries all traffic: a number, or a share of the
+    /// Threads that carry traffic (each connection stays on one): a number, or a share of the
     /// CPUs the process may use such as `50%` (upstream's setting and default, 2: a node proxy
-    /// is sized per node, not per core).
+    /// is sized per node, not per core). The control plane runs on the main thread besides.
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", value_name = "N|PCT%", default_value = "2",
           value_parser = parse_worker_threads)]
     pub worker_threads: usize,

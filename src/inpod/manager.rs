@@ -12,6 +12,7 @@ use crate::hbone::{self, Dialer, H2Settings, Pool};
 use crate::identity::{CertManager, CertSlot, Identity, TlsContext};
 use crate::proxy::{self, Lifecycle, Ports, ProxyInputs, SocketFactory};
 use crate::state::{LocalPod, State, WorkloadInfo, LOCAL_WORKLOAD_WAIT};
+use crate::workers::Workers;
 
 /// Node-wide settings every pod proxy shares.
 #[derive(Clone, Debug)]
@@ -22,14 +23,17 @@ pub struct ProxyConfig {
     pub ports: Ports,
     pub h2: H2Settings,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The data path's threads: each pod gets a set of listeners and an HBONE pool on each.
+    pub workers: Workers,
 }
 
 struct Pod {
     inode: u64,
     info: WorkloadInfo,
     life: Lifecycle,
-    /// The pod's outbound HBONE connections, closed cleanly when ztunnel stops.
-    pool: Pool,
+    /// The pod's outbound HBONE connections, one pool per worker, closed cleanly when
+    /// ztunnel stops.
+    pools: Vec<Pool>,
 }
 
 /// What the admin API and readiness report about a pod proxy.
@@ -125,15 +129,15 @@ impl WorkloadManager {
             Arc::new(netns),
             self.cfg.packet_mark,
         ));
-        let pool = Pool::new(
-            dialer(
-                factory.clone(),
-                self.tls.clone(),
-                cert.clone(),
-                self.cfg.h2.sockets,
-            ),
-            self.cfg.h2.clone(),
+        let dial = dialer(
+            factory.clone(),
+            self.tls.clone(),
+            cert.clone(),
+            self.cfg.h2.sockets,
         );
+        let pools: Vec<Pool> = (0..self.cfg.workers.len())
+            .map(|_| Pool::new(dial.clone(), self.cfg.h2.clone()))
+            .collect();
         let life = Lifecycle::default();
         let pod = LocalPod::new(self.cfg.node_name.clone(), info.clone());
         tokio::spawn(report_workload_arrival(
@@ -158,7 +162,7 @@ impl WorkloadManager {
                 .metrics
                 .pod(uid, &info.name, &info.namespace, identity.clone()),
         });
-        proxy::start(inputs, pool.clone())
+        proxy::start(inputs, &self.cfg.workers, &pools)
             .map_err(|e| format!("pod {uid}: opening listeners in its netns: {e}"))?;
         let old = lock(&self.pods).insert(
             uid.to_owned(),
@@ -166,7 +170,7 @@ impl WorkloadManager {
                 inode,
                 info: info.clone(),
                 life,
-                pool,
+                pools,
             },
         );
         if let Some(old) = old {
@@ -244,9 +248,9 @@ impl WorkloadManager {
     /// Graceful stop: refuse new connections everywhere, let open ones finish until
     /// `deadline`, then close what is left.
     pub async fn drain(&self, deadline: std::time::Duration) {
-        let (lives, pools): (Vec<Lifecycle>, Vec<Pool>) = lock(&self.pods)
+        let (lives, pools): (Vec<Lifecycle>, Vec<Vec<Pool>>) = lock(&self.pods)
             .values()
-            .map(|p| (p.life.clone(), p.pool.clone()))
+            .map(|p| (p.life.clone(), p.pools.clone()))
             .unzip();
         for l in &lives {
             l.stop_accept.cancel();
@@ -268,7 +272,7 @@ impl WorkloadManager {
         let _ = tokio::time::timeout(proxy::CLOSE_BUDGET, closing).await;
         // Then the HBONE connections this node opened: GOAWAY and close_notify rather than a
         // connection that vanishes when the process exits.
-        futures_util::future::join_all(pools.iter().map(|p| p.close(POOL_CLOSE))).await;
+        futures_util::future::join_all(pools.iter().flatten().map(|p| p.close(POOL_CLOSE))).await;
     }
 }
 

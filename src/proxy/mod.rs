@@ -17,6 +17,7 @@ use crate::authz;
 use crate::hbone::{H2Settings, Pool};
 use crate::identity::{CertSlot, Identity, TlsContext};
 use crate::state::{ConfigSnapshot, LocalPod, State, Workload, LOCAL_WORKLOAD_WAIT};
+use crate::workers::Workers;
 
 pub use sockets::{
     connect, connect_with, new_tcp_socket, original_dst, Keepalive, PlainSocketFactory,
@@ -114,8 +115,11 @@ impl ProxyInputs {
     }
 }
 
-/// Binds the pod's three listeners (all or none) and starts serving them.
-pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
+/// Binds the pod's three listeners once per worker (all or none) and starts serving them, each
+/// set on its own worker with that worker's HBONE pool (`pools[i]` for worker `i`): a
+/// connection then lives on the thread that accepted it (see [`crate::workers`]).
+pub fn start(inputs: Arc<ProxyInputs>, workers: &Workers, pools: &[Pool]) -> std::io::Result<()> {
+    assert_eq!(workers.len(), pools.len(), "one HBONE pool per worker");
     let bind = |port| {
         let l = inputs
             .factory
@@ -124,9 +128,16 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
         inputs.h2.sockets.apply(socket2::SockRef::from(&l))?;
         Ok::<_, std::io::Error>(l)
     };
-    let out = bind(inputs.ports.outbound)?;
-    let hbone = bind(inputs.ports.hbone)?;
-    let plain = bind(inputs.ports.inbound_plaintext)?;
+    let mut sets = Vec::with_capacity(workers.len());
+    for worker in workers.handles() {
+        // Registered with the worker's reactor: the listener, and what it accepts, are polled
+        // there.
+        let _on_worker = worker.enter();
+        let out = bind(inputs.ports.outbound)?;
+        let hbone = bind(inputs.ports.hbone)?;
+        let plain = bind(inputs.ports.inbound_plaintext)?;
+        sets.push((out, hbone, plain));
+    }
     let server = inputs
         .tls
         .server_config(inputs.cert.clone())
@@ -142,19 +153,31 @@ pub fn start(inputs: Arc<ProxyInputs>, pool: Pool) -> std::io::Result<()> {
         inputs.life.force_close.clone(),
     ));
     let t = &inputs.life.tracker;
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(3));
-    t.spawn(accept_loop(inputs.clone(), open.clone(), out, {
-        let (i, p) = (inputs.clone(), pool);
-        move |s, peer| outbound::handle(i.clone(), p.clone(), s, peer)
-    }));
-    t.spawn(accept_loop(inputs.clone(), open.clone(), hbone, {
-        let (i, l) = (inputs.clone(), live.clone());
-        move |s, peer| inbound::handle(i.clone(), server.clone(), l.clone(), s, peer)
-    }));
-    t.spawn(accept_loop(inputs.clone(), open, plain, {
-        let (i, l) = (inputs.clone(), live);
-        move |s, peer| inbound_passthrough::handle(i.clone(), l.clone(), s, peer)
-    }));
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(3 * sets.len()));
+    for (((out, hbone, plain), worker), pool) in sets.into_iter().zip(workers.handles()).zip(pools)
+    {
+        t.spawn_on(
+            accept_loop(inputs.clone(), open.clone(), out, {
+                let (i, p) = (inputs.clone(), pool.clone());
+                move |s, peer| outbound::handle(i.clone(), p.clone(), s, peer)
+            }),
+            worker,
+        );
+        t.spawn_on(
+            accept_loop(inputs.clone(), open.clone(), hbone, {
+                let (i, l, server) = (inputs.clone(), live.clone(), server.clone());
+                move |s, peer| inbound::handle(i.clone(), server.clone(), l.clone(), s, peer)
+            }),
+            worker,
+        );
+        t.spawn_on(
+            accept_loop(inputs.clone(), open.clone(), plain, {
+                let (i, l) = (inputs.clone(), live.clone());
+                move |s, peer| inbound_passthrough::handle(i.clone(), l.clone(), s, peer)
+            }),
+            worker,
+        );
+    }
     Ok(())
 }
 
