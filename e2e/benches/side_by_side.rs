@@ -10,7 +10,9 @@
 //!     cargo bench -p meshtunnel-e2e --bench side_by_side
 //! Without MESHTUNNEL_BENCH_UPSTREAM_ZTUNNEL the upstream column is left empty.
 //! MESHTUNNEL_BENCH_ROUNDS (default 3), MESHTUNNEL_BENCH_CONN_SECS (new-connection run per
-//! round, default 10). To look inside: MESHTUNNEL_BENCH_COUNTS=1 prints each meshed phase's
+//! round, default 10), MESHTUNNEL_BENCH_BULK_MIB (bytes of each bulk run, default 1024: the
+//! 1-stream run also gives CPU per GB, and a run of a second or two keeps that figure from
+//! being mostly noise). To look inside: MESHTUNNEL_BENCH_COUNTS=1 prints each meshed phase's
 //! system calls and context switches per unit of work (see `mesh/observe.rs`);
 //! MESHTUNNEL_BENCH_PERF=DIR records CPU samples of both ztunnels during each meshed 1-stream
 //! bulk run and 64 B ping-pong into DIR/<upstream|ours>-round<N>-<bulk|pingpong>.data.
@@ -35,7 +37,7 @@ mod load;
 #[path = "mesh/observe.rs"]
 mod observe;
 
-use load::{connect, cpu_secs, rss_mib, throughput, BULK};
+use load::{connect, cpu_secs, rss_mib, throughput_of};
 
 /// One implementation's figures from one round (NaN where a figure does not apply).
 #[derive(Clone, Copy, Default)]
@@ -70,6 +72,7 @@ fn main() {
     };
     let rounds = env_num("MESHTUNNEL_BENCH_ROUNDS", 3) as usize;
     let conn_secs = Duration::from_secs(env_num("MESHTUNNEL_BENCH_CONN_SECS", 10));
+    let bulk = env_num("MESHTUNNEL_BENCH_BULK_MIB", 1024) as usize * 1024 * 1024;
     let upstream = std::env::var_os("MESHTUNNEL_BENCH_UPSTREAM_ZTUNNEL").map(PathBuf::from);
     let ours = find_binary("ztunnel", true).expect("our release ztunnel");
     println!("ours: {} (commit {})", ours.display(), our_commit());
@@ -109,12 +112,12 @@ fn main() {
 
     let mut results: [Vec<Figures>; 3] = Default::default();
     for round in 0..rounds {
-        results[0].push(figures(NAMES[0], client, &b2, true, conn_secs, None));
+        results[0].push(figures(NAMES[0], client, &b2, true, bulk, conn_secs, None));
         for (i, bin) in [(1, upstream.as_deref()), (2, Some(ours.as_path()))] {
             let Some(bin) = bin else { continue };
             let pids = switch_ztunnels(&cluster, bin, client, &b1);
             let name = format!("{}-round{}", NAMES[i], round + 1);
-            results[i].push(figures(&name, client, &b1, false, conn_secs, Some(pids)));
+            results[i].push(figures(&name, client, &b1, false, bulk, conn_secs, Some(pids)));
         }
         eprintln!("round {} of {rounds} done", round + 1);
         for (i, r) in results.iter().enumerate() {
@@ -178,6 +181,7 @@ fn figures(
     client: &Netns,
     server: &Pod,
     bypass: bool,
+    bulk: usize,
     conn_secs: Duration,
     pids: Option<[u32; 2]>,
 ) -> Figures {
@@ -204,12 +208,12 @@ fn figures(
     };
     let w = watch("bulk", true);
     let cpu0 = pids.map(cpu);
-    f.bulk1 = throughput(client, server.addr(9000), 1, bypass);
+    f.bulk1 = throughput_of(client, server.addr(9000), 1, bypass, bulk);
     if let (Some(p), Some(c0)) = (pids, cpu0) {
-        f.cpu_per_gb = (cpu(p) - c0) / (BULK as f64 / 1e9);
+        f.cpu_per_gb = (cpu(p) - c0) / (bulk as f64 / 1e9);
     }
-    end(w, BULK as f64 / 1e6, "MB");
-    f.bulk8 = throughput(client, server.addr(9000), 8, bypass);
+    end(w, bulk as f64 / 1e6, "MB");
+    f.bulk8 = throughput_of(client, server.addr(9000), 8, bypass, bulk);
     let w = watch("pingpong", true);
     (f.p50, f.p99) = load::latency(client, server.addr(9004), bypass, 64);
     end(w, load::LATENCY_ROUND_TRIPS as f64, "round trip");

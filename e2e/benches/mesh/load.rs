@@ -57,8 +57,19 @@ pub fn try_connect(ns: &Netns, dst: SocketAddr, bypass: bool) -> std::io::Result
 }
 
 pub fn throughput(ns: &Netns, dst: SocketAddr, streams: usize, bypass: bool) -> f64 {
+    throughput_of(ns, dst, streams, bypass, BULK)
+}
+
+/// [`throughput`] for `bytes` in all.
+pub fn throughput_of(
+    ns: &Netns,
+    dst: SocketAddr,
+    streams: usize,
+    bypass: bool,
+    bytes: usize,
+) -> f64 {
     let conns: Vec<TcpStream> = (0..streams).map(|_| connect(ns, dst, bypass)).collect();
-    let per = BULK / streams;
+    let per = bytes / streams;
     let start = Instant::now();
     std::thread::scope(|s| {
         for mut c in conns {
@@ -76,7 +87,7 @@ pub fn throughput(ns: &Netns, dst: SocketAddr, streams: usize, bypass: bool) -> 
             });
         }
     });
-    (BULK as f64 * 8.0) / start.elapsed().as_secs_f64() / 1e9
+    (bytes as f64 * 8.0) / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// Round trips one [`latency`] call makes, the first 200 of them as warm-up.
