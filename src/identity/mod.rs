@@ -1,7 +1,6 @@
 //! Workload identities: SPIFFE ids, the local CA, per-workload certificates and the TLS
 //! configurations HBONE uses.
 
-mod aead;
 mod ca;
 mod cert;
 mod istio_ca;

@@ -40,22 +40,13 @@ impl TlsContext {
         roots: &[CertificateDer<'static>],
         trust_domain: &str,
     ) -> Result<Self, rustls::Error> {
-        Self::with_provider(roots, trust_domain, super::aead::provider())
-    }
-
-    /// With other crypto (tests: a peer that is all ring, or limited to one suite).
-    pub(super) fn with_provider(
-        roots: &[CertificateDer<'static>],
-        trust_domain: &str,
-        provider: CryptoProvider,
-    ) -> Result<Self, rustls::Error> {
         let mut store = RootCertStore::empty();
         for r in roots {
             store.add(r.clone())?;
         }
         Ok(TlsContext {
             roots: Arc::new(store),
-            provider: Arc::new(provider),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
             trust_domain: trust_domain.to_owned(),
         })
     }
