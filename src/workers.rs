@@ -56,15 +56,6 @@ impl Workers {
         })
     }
 
-    /// One "worker" that is the caller's own runtime (tests that run a proxy in-process).
-    pub fn current() -> Workers {
-        Workers {
-            handles: Arc::new([Handle::current()]),
-            threads: Arc::default(),
-            stop: CancellationToken::new(),
-        }
-    }
-
     pub fn handles(&self) -> &[Handle] {
         &self.handles
     }
