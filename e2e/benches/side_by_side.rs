@@ -117,7 +117,15 @@ fn main() {
             let Some(bin) = bin else { continue };
             let pids = switch_ztunnels(&cluster, bin, client, &b1);
             let name = format!("{}-round{}", NAMES[i], round + 1);
-            results[i].push(figures(&name, client, &b1, false, bulk, conn_secs, Some(pids)));
+            results[i].push(figures(
+                &name,
+                client,
+                &b1,
+                false,
+                bulk,
+                conn_secs,
+                Some(pids),
+            ));
         }
         eprintln!("round {} of {rounds} done", round + 1);
         for (i, r) in results.iter().enumerate() {
