@@ -183,7 +183,7 @@ fn ztunnel_runs_with_fast_copies_where_glibc_needs_telling() {
 
 /// ZTUNNEL_WORKER_THREADS=3: three data-path threads, and each pod has a listener per worker on
 /// each capture port (the kernel spreads connections over them; each stays on its worker).
-/// Many concurrent connections, landing on all of them, all get through.
+/// 24 concurrent connections, spread by the kernel, all get through.
 #[test]
 fn each_worker_thread_has_its_own_listeners_in_each_pod() {
     let mesh = Mesh::start(MeshOptions {

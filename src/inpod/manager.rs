@@ -135,8 +135,8 @@ impl WorkloadManager {
             cert.clone(),
             self.cfg.h2.sockets,
         );
-        let pools: Vec<Pool> = (0..self.cfg.workers.len())
-            .map(|_| Pool::new(dial.clone(), self.cfg.h2.clone()))
+        let workers: Vec<(tokio::runtime::Handle, Pool)> = (self.cfg.workers.handles().iter())
+            .map(|h| (h.clone(), Pool::new(dial.clone(), self.cfg.h2.clone())))
             .collect();
         let life = Lifecycle::default();
         let pod = LocalPod::new(self.cfg.node_name.clone(), info.clone());
@@ -162,7 +162,7 @@ impl WorkloadManager {
                 .metrics
                 .pod(uid, &info.name, &info.namespace, identity.clone()),
         });
-        proxy::start(inputs, &self.cfg.workers, &pools)
+        proxy::start(inputs, &workers)
             .map_err(|e| format!("pod {uid}: opening listeners in its netns: {e}"))?;
         let old = lock(&self.pods).insert(
             uid.to_owned(),
@@ -170,7 +170,7 @@ impl WorkloadManager {
                 inode,
                 info: info.clone(),
                 life,
-                pools,
+                pools: workers.into_iter().map(|(_, p)| p).collect(),
             },
         );
         if let Some(old) = old {

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,7 +18,6 @@ use crate::authz;
 use crate::hbone::{H2Settings, Pool};
 use crate::identity::{CertSlot, Identity, TlsContext};
 use crate::state::{ConfigSnapshot, LocalPod, State, Workload, LOCAL_WORKLOAD_WAIT};
-use crate::workers::Workers;
 
 pub use sockets::{
     connect, connect_with, new_tcp_socket, original_dst, Keepalive, PlainSocketFactory,
@@ -116,10 +116,9 @@ impl ProxyInputs {
 }
 
 /// Binds the pod's three listeners once per worker (all or none) and starts serving them, each
-/// set on its own worker with that worker's HBONE pool (`pools[i]` for worker `i`): a
-/// connection then lives on the thread that accepted it (see [`crate::workers`]).
-pub fn start(inputs: Arc<ProxyInputs>, workers: &Workers, pools: &[Pool]) -> std::io::Result<()> {
-    assert_eq!(workers.len(), pools.len(), "one HBONE pool per worker");
+/// set on its worker with that worker's HBONE pool: a connection then lives on the thread that
+/// accepted it (see [`crate::workers`]).
+pub fn start(inputs: Arc<ProxyInputs>, workers: &[(Handle, Pool)]) -> std::io::Result<()> {
     let bind = |port| {
         let l = inputs
             .factory
@@ -129,7 +128,7 @@ pub fn start(inputs: Arc<ProxyInputs>, workers: &Workers, pools: &[Pool]) -> std
         Ok::<_, std::io::Error>(l)
     };
     let mut sets = Vec::with_capacity(workers.len());
-    for worker in workers.handles() {
+    for (worker, _) in workers {
         // Registered with the worker's reactor: the listener, and what it accepts, are polled
         // there.
         let _on_worker = worker.enter();
@@ -154,8 +153,7 @@ pub fn start(inputs: Arc<ProxyInputs>, workers: &Workers, pools: &[Pool]) -> std
     ));
     let t = &inputs.life.tracker;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(3 * sets.len()));
-    for (((out, hbone, plain), worker), pool) in sets.into_iter().zip(workers.handles()).zip(pools)
-    {
+    for ((out, hbone, plain), (worker, pool)) in sets.into_iter().zip(workers) {
         t.spawn_on(
             accept_loop(inputs.clone(), open.clone(), out, {
                 let (i, p) = (inputs.clone(), pool.clone());
