@@ -194,7 +194,7 @@ impl zds::WorkloadHandler for ZdsHandler {
     }
 
     async fn del(&self, uid: &str) -> Result<(), String> {
-        self.0.del(uid);
+        self.0.del(uid).await;
         Ok(())
     }
 

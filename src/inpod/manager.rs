@@ -181,14 +181,30 @@ impl WorkloadManager {
         Ok(())
     }
 
-    /// Stops pod `uid`'s listeners and closes its connections. Unknown uids are fine: the
-    /// agent sends Del to every ztunnel.
-    pub fn del(&self, uid: &str) {
-        lock(&self.readiness).failed.remove(uid);
-        if let Some(p) = lock(&self.pods).remove(uid) {
-            p.life.close();
-            tracing::info!(%uid, pod = %p.info.name, "pod proxies removed");
+    /// Stops pod `uid`'s listeners and closes its connections, and returns once the listeners
+    /// are closed (bounded by [`LISTENERS_CLOSE_WAIT`]): the agent takes the Ack to mean that
+    /// nothing of ours accepts in the pod any more. Unknown uids are fine: the agent sends Del
+    /// to every ztunnel.
+    pub async fn del(&self, uid: &str) {
+        let Some(life) = self.remove(uid) else {
+            return;
+        };
+        let closed = life.listeners_closed.cancelled();
+        if tokio::time::timeout(LISTENERS_CLOSE_WAIT, closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(%uid, waited = ?LISTENERS_CLOSE_WAIT, "pod's listeners not closed yet");
         }
+    }
+
+    /// Forgets pod `uid` and starts closing its proxies (see [`Lifecycle::close`]).
+    fn remove(&self, uid: &str) -> Option<Lifecycle> {
+        lock(&self.readiness).failed.remove(uid);
+        let p = lock(&self.pods).remove(uid)?;
+        p.life.close();
+        tracing::info!(%uid, pod = %p.info.name, "pod proxies removed");
+        Some(p.life)
     }
 
     /// The agent's snapshot is complete: pods it did not name are gone.
@@ -200,7 +216,7 @@ impl WorkloadManager {
             .collect();
         for uid in stale {
             tracing::info!(%uid, "pod not in the agent's snapshot");
-            self.del(&uid);
+            self.remove(&uid);
         }
         let mut r = lock(&self.readiness);
         r.snapshot_done = true;
@@ -275,6 +291,10 @@ impl WorkloadManager {
         futures_util::future::join_all(pools.iter().flatten().map(|p| p.close(POOL_CLOSE))).await;
     }
 }
+
+/// How long a Del waits for the pod's listeners to close on the worker threads (they close as
+/// soon as a worker runs its accept loop, which is at once unless it is stuck).
+const LISTENERS_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a stopping ztunnel waits for its HBONE connections to close cleanly.
 const POOL_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);

@@ -62,10 +62,11 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// Stops everything now (pod deleted).
+    /// Stops everything now (pod deleted). `listeners_closed` fires when the accept loops have
+    /// actually dropped their listeners (they run on the worker threads), so a caller can wait
+    /// for that.
     pub fn close(&self) {
         self.stop_accept.cancel();
-        self.listeners_closed.cancel();
         self.force_close.cancel();
         self.tracker.close();
     }
@@ -293,6 +294,8 @@ async fn accept_loop<F, Fut>(
     let life = &inputs.life;
     loop {
         tokio::select! {
+            // A stopped pod accepts nothing more, even with a connection already queued.
+            biased;
             _ = life.stop_accept.cancelled() => {
                 drop(listener);
                 if open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
