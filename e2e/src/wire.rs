@@ -51,8 +51,8 @@ impl Capture {
             .context("starting dumpcap (apt-get install tshark)")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         // The pcapng header is written once the interface is open and the filter set.
+        let said = || std::fs::read_to_string(&log).unwrap_or_default();
         while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
-            let said = || std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(status) = child.child_mut().try_wait()? {
                 bail!(
                     "dumpcap on {iface} exited ({status}) before capturing: {}",

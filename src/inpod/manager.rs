@@ -135,7 +135,11 @@ impl WorkloadManager {
             cert.clone(),
             self.cfg.h2.sockets,
         );
-        let workers: Vec<(tokio::runtime::Handle, Pool)> = (self.cfg.workers.handles().iter())
+        let workers: Vec<(tokio::runtime::Handle, Pool)> = self
+            .cfg
+            .workers
+            .handles()
+            .iter()
             .map(|h| (h.clone(), Pool::new(dial.clone(), self.cfg.h2.clone())))
             .collect();
         let life = Lifecycle::default();
